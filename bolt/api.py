@@ -1,0 +1,243 @@
+"""The HTTPS JSON API (Klein): parse, authenticate, call the core, translate errors.
+
+No host calls happen here.  Every route is wrapped by :func:`authorized`, which checks HTTP Basic
+credentials (constant time, throttled per client address) before the handler runs.  Core errors map
+to status codes in one table, :data:`STATUS`; every error body is {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from typing import Any, Callable
+
+from klein import Klein
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+
+from bolt import errors
+from bolt.admin import AdminAccount
+from bolt.manager import Manager
+from bolt.throttle import Throttle
+from bolt.updates import UpdateChecker
+from bolt.web import shield
+
+STATUS: dict[type[errors.BoltError], int] = {
+    errors.InvalidInput: 400,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.UpstreamFailed: 502,
+    errors.Unavailable: 503,
+}
+
+
+class HTTPError(errors.BoltError):
+    """An error that only the HTTP face knows (auth, body size), with its status and headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _json(request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def read_json(request) -> dict[str, Any]:
+    """The request body as a JSON object, or HTTPError 413 / InvalidInput."""
+    if getattr(request, "too_large", False):
+        raise HTTPError(413, "request body is larger than 1 MiB")
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        raise errors.InvalidInput("request body must be a JSON object")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.InvalidInput("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidInput("request body must be a JSON object")
+    return body
+
+
+def authorized(route: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``route`` only for a request with the admin's Basic credentials."""
+
+    @functools.wraps(route)
+    def wrapper(self: "BoltAPI", request, *args: Any, **kwargs: Any) -> defer.Deferred:
+        d = self.authenticate(request)
+        d.addCallback(lambda _: route(self, request, *args, **kwargs))
+        return d
+
+    return wrapper
+
+
+def _basic_credentials(request) -> tuple[str, str] | None:
+    header = request.getHeader(b"authorization")
+    if not header or header[:6].lower() != b"basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+class BoltAPI:
+    """The Klein application; one instance per server, holding the core it serves."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, manager: Manager, admin: AdminAccount, updates: UpdateChecker, *,
+                 reactor=None, run_in_thread: Callable[..., defer.Deferred] | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.manager = manager
+        self.admin = admin
+        self.updates = updates
+        self.throttle = Throttle(reactor)
+        self._thread = run_in_thread or threads.deferToThread
+        # scrypt costs 128 MiB and ~0.3 s; never run more than two at once, whatever arrives.
+        self._slow_checks = defer.DeferredSemaphore(2)
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- authentication ----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def authenticate(self, request):
+        client = getattr(request.getClientAddress(), "host", "?")
+        wait = self.throttle.retry_after(client)
+        if wait > 0:
+            raise HTTPError(429, "too many failed logins from this address; try again later",
+                            {"Retry-After": str(int(wait) + 1)})
+        given = _basic_credentials(request)
+        if given is None:
+            raise HTTPError(401, "authentication required", {"WWW-Authenticate": 'Basic realm="bolt"'})
+        credentials = self.admin.credentials
+        ok = credentials.check_fast(*given)
+        if not ok:
+            ok = yield self._slow_checks.run(self._thread, credentials.check_slow, *given)
+            ok = ok and credentials is self.admin.credentials  # changed meanwhile: old pair is void
+        if not ok:
+            self.throttle.failed(client)
+            self.log.warn("failed login from {client}", client=client)
+            raise HTTPError(401, "invalid credentials", {"WWW-Authenticate": 'Basic realm="bolt"'})
+        self.throttle.succeeded(client)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    @app.handle_errors(HTTPError)
+    def _http_error(self, request, failure):
+        for name, value in failure.value.headers.items():
+            request.setHeader(name.encode(), value.encode())
+        return _json(request, failure.value.status, {"error": failure.value.message})
+
+    @app.handle_errors(errors.BoltError)
+    def _bolt_error(self, request, failure):
+        status = next((code for kind, code in STATUS.items() if failure.check(kind)), 500)
+        return _json(request, status, {"error": failure.value.message})
+
+    @app.handle_errors(RouteNotFound)
+    def _not_found(self, request, failure):
+        return _json(request, 404, {"error": f"no such endpoint: {request.path.decode('utf-8', 'replace')[:200]}"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        allowed = ", ".join(sorted(failure.value.valid_methods or ()))
+        request.setHeader(b"Allow", allowed.encode())
+        return _json(request, 405, {"error": f"method {request.method.decode()} not allowed here; allowed: {allowed}"})
+
+    @app.handle_errors(Exception)
+    def _internal(self, request, failure):
+        self.log.failure("internal error on {path}", failure, path=request.path.decode("utf-8", "replace"))
+        return _json(request, 500, {"error": "internal error; see the server log"})
+
+    # -- status, update, config --------------------------------------------------------------
+
+    @app.route("/api/status", methods=["GET"])
+    @authorized
+    @defer.inlineCallbacks
+    def status(self, request):
+        body = yield self.manager.status()
+        return _json(request, 200, body)
+
+    @app.route("/api/update", methods=["GET"])
+    @authorized
+    @defer.inlineCallbacks
+    def update(self, request):
+        body = yield shield(self.updates.check())
+        return _json(request, 200, body)
+
+    @app.route("/api/config", methods=["PUT"])
+    @authorized
+    @defer.inlineCallbacks
+    def config(self, request):
+        result = yield shield(self.admin.change(read_json(request)))
+        return _json(request, 200, result)
+
+    # -- projects ------------------------------------------------------------------------------
+
+    @app.route("/api/projects", methods=["GET"])
+    @authorized
+    def list_projects(self, request):
+        return _json(request, 200, [self.manager.project_json(p) for p in self.manager.list_projects()])
+
+    @app.route("/api/projects", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def create_project(self, request):
+        body = read_json(request)
+        _only(body, {"name"}, required={"name"})
+        project = yield shield(self.manager.create_project(body["name"]))
+        return _json(request, 201, self.manager.project_json(project))
+
+    @app.route("/api/projects/<name>", methods=["GET"])
+    @authorized
+    def get_project(self, request, name):
+        return _json(request, 200, self.manager.project_json(self.manager.get_project(name)))
+
+    @app.route("/api/projects/<name>", methods=["DELETE"])
+    @authorized
+    @defer.inlineCallbacks
+    def delete_project(self, request, name):
+        force = _flag(request, b"force")
+        project = yield shield(self.manager.delete_project(name, force=force))
+        return _json(request, 200, {"deleted": project.name})
+
+    @app.route("/api/projects/<name>/resources", methods=["PUT"])
+    @authorized
+    @defer.inlineCallbacks
+    def set_resources(self, request, name):
+        project = yield shield(self.manager.set_limits(name, read_json(request)))
+        return _json(request, 200, self.manager.project_json(project))
+
+
+def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise errors.InvalidInput(f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise errors.InvalidInput(f"field {missing[0]!r} is required")
+
+
+def _flag(request, name: bytes) -> bool:
+    values = request.args.get(name, [])
+    if not values:
+        return False
+    value = values[-1].lower()
+    if value in (b"1", b"true", b"yes"):
+        return True
+    if value in (b"0", b"false", b"no", b""):
+        return False
+    raise errors.InvalidInput(f"query parameter {name.decode()} must be 1 or 0")

@@ -1,0 +1,102 @@
+"""The composition root: twistd options, configuration, and every part wired together.
+
+``twistd -n bolt`` (twisted/plugins/bolt_plugin.py) and ``twistd -ny bolt.tac`` both end in
+:func:`makeService`.  Start-up work that must finish before the server answers (loading config and
+state, the certificate) happens here, synchronously, before the reactor runs; anything that fails
+stops the server with a message naming what to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from bolt import __version__
+from bolt import config as configuration
+from bolt import system, tls
+from bolt.admin import AdminAccount
+from bolt.api import BoltAPI
+from bolt.errors import ConfigError, StateError
+from bolt.manager import Manager
+from bolt.store import ProjectStore
+from bolt.updates import UpdateChecker
+from bolt.web import AccessLoggingSite
+
+log = Logger(namespace="bolt.service")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Bolt: lightweight sandboxes behind an HTTPS JSON API and a token-authenticated TCP shell."
+    optParameters = [
+        ["host", None, "0.0.0.0", "Address the API listens on (IPv4 or IPv6)."],
+        ["port", None, "5000", "TCP port of the HTTPS API.", int],
+        ["config", None, "/etc/bolt/config.json", "Path of the JSON configuration file."],
+        ["data-dir", None, "/var/bolt", "Directory of the state, projects/, sandboxes/ and base_images/."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["host"] = str(ipaddress.ip_address(self["host"]))
+        except ValueError:
+            raise usage.UsageError(f"--host must be an IP address, got {self['host']!r}") from None
+        if not 1 <= self["port"] <= 65535:
+            raise usage.UsageError(f"--port must be between 1 and 65535, got {self['port']}")
+        for key in ("config", "data-dir"):
+            value = self[key]
+            if not value or "\0" in value:
+                raise usage.UsageError(f"--{key} must be a path")
+            self[key] = os.path.abspath(value)
+        if os.path.isdir(self["config"]):
+            raise usage.UsageError(f"--config {self['config']} is a directory; give the file's path")
+
+
+def _fail(message: str) -> SystemExit:
+    sys.stderr.write(f"bolt: cannot start: {message}\n")
+    return SystemExit(2)
+
+
+def makeService(options: Options, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    data_dir = options["data-dir"]
+    try:
+        os.makedirs(data_dir, mode=0o750, exist_ok=True)
+        for sub in ("projects", "sandboxes"):
+            os.makedirs(os.path.join(data_dir, sub), mode=0o750, exist_ok=True)
+        conf, generated = configuration.load(options["config"], data_dir,
+                                             initial_password=os.environ.get("BOLT_ADMIN_PASSWORD"))
+        store = ProjectStore(os.path.join(data_dir, "projects"))
+        projects = store.load_all()
+        cert, key = tls.ensure_certificate(os.path.dirname(options["config"]))
+        context = tls.context_factory(cert, key)
+    except (ConfigError, StateError) as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"{e.filename or ''}: {e.strerror}") from None
+    if generated:
+        log.warn(
+            "\n{bar}\nNo admin password was configured, so one was generated. Log in as {user!r} with:\n"
+            "    {password}\nIt is shown only this once; change it with PUT /api/config.\n{bar}",
+            bar="=" * 72, user=conf["admin_user"], password=generated)
+
+    manager = Manager(store, projects, default_limits=conf["default_resource_limits"],
+                      system=system.figures_source(data_dir), reactor=reactor)
+    api = BoltAPI(manager, AdminAccount(conf), UpdateChecker(conf["update_url"], reactor=reactor),
+                  reactor=reactor)
+    top = service.MultiService()
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, options["port"], context, interface=options["host"])
+    StreamServerEndpointService(endpoint, AccessLoggingSite(api.resource())).setServiceParent(top)
+    log.info("bolt {version} serving https://{host}:{port}/api with data in {data_dir}",
+             version=__version__, host=options["host"], port=options["port"], data_dir=data_dir)
+    return top
+
+
+__all__ = ["Options", "makeService"]
