@@ -22,7 +22,7 @@ run: venv
 	$(BIN)/twistd -n --pidfile= bolt --host $(HOST) --port $(PORT) --config $(CONFIG) --data-dir $(DATA_DIR)
 
 test: venv
-	$(BIN)/trial --temp-directory=/tmp/bolt-trial $(TESTS)
+	$(BIN)/python -m twisted.trial --temp-directory=/tmp/bolt-trial $(TESTS)
 
 bench: venv
 	$(BIN)/python -m bench
