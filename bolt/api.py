@@ -221,6 +221,63 @@ class BoltAPI:
         project = yield shield(self.manager.set_limits(name, read_json(request)))
         return _json(request, 200, self.manager.project_json(project))
 
+    # -- images --------------------------------------------------------------------------------
+
+    @app.route("/api/images", methods=["GET"])
+    @authorized
+    def list_images(self, request):
+        return _json(request, 200, self.manager.list_images())
+
+    @app.route("/api/images", methods=["POST"])
+    @authorized
+    def build_image(self, request):
+        body = read_json(request)
+        _only(body, {"distro"}, required={"distro"})
+        info = self.manager.build_image(body["distro"])
+        return _json(request, 202 if info["state"] == "building" else 200, info)
+
+    @app.route("/api/images/<distro>", methods=["GET"])
+    @authorized
+    def get_image(self, request, distro):
+        return _json(request, 200, self.manager.get_image(distro))
+
+    @app.route("/api/images/<distro>", methods=["DELETE"])
+    @authorized
+    @defer.inlineCallbacks
+    def delete_image(self, request, distro):
+        result = yield shield(self.manager.delete_image(distro))
+        return _json(request, 200, result)
+
+    # -- sandboxes -----------------------------------------------------------------------------
+
+    @app.route("/api/projects/<project>/sandboxes", methods=["GET"])
+    @authorized
+    def list_sandboxes(self, request, project):
+        p = self.manager.get_project(project)
+        return _json(request, 200, [self.manager.sandbox_json(p, s) for s in self.manager.list_sandboxes(project)])
+
+    @app.route("/api/projects/<project>/sandboxes", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def create_sandbox(self, request, project):
+        body = read_json(request)
+        _only(body, {"name", "distro"}, required={"name"})
+        sandbox = yield shield(self.manager.create_sandbox(project, body["name"], body.get("distro")))
+        return _json(request, 201, self.manager.sandbox_json(self.manager.get_project(project), sandbox))
+
+    @app.route("/api/projects/<project>/sandboxes/<name>", methods=["GET"])
+    @authorized
+    def get_sandbox(self, request, project, name):
+        p, sandbox = self.manager.get_sandbox(project, name)
+        return _json(request, 200, self.manager.sandbox_json(p, sandbox))
+
+    @app.route("/api/projects/<project>/sandboxes/<name>", methods=["DELETE"])
+    @authorized
+    @defer.inlineCallbacks
+    def delete_sandbox(self, request, project, name):
+        sandbox = yield shield(self.manager.delete_sandbox(project, name))
+        return _json(request, 200, {"deleted": sandbox.name})
+
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
     unknown = sorted(set(body) - allowed)

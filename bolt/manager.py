@@ -1,38 +1,113 @@
 """The core: every operation Bolt offers, as one method each.
 
 The manager validates input, orders the steps, persists the result and undoes half-done work when a
-step fails.  It raises :mod:`bolt.errors` and knows nothing of HTTP or of the shell protocol.
+step fails.  It raises :mod:`bolt.errors` and knows nothing of HTTP or of the shell protocol.  Host
+work goes through the adapters in :class:`Host`.
+
+Crash safety rests on two rules.  A sandbox is stored only once every host step of its creation
+succeeded, and at start everything on the host that belongs to no stored sandbox is removed; so a
+crash during a create leaves nothing.  A delete first stores the sandbox as "deleting", then tears
+down, then forgets it; a crash in between is finished at the next start.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from bolt import __version__
-from bolt.errors import Conflict, NotFound
+from bolt.errors import Conflict, InvalidInput, NotFound, UpstreamFailed
+from bolt.host import images as imaging
 from bolt.limits import validate_limits
-from bolt.model import Project, ResourceLimits, utc_now_iso, validate_name
+from bolt.model import Project, ResourceLimits, Sandbox, utc_now_iso, validate_name
+from bolt.rollback import Rollback
 from bolt.store import ProjectStore
 
 SystemFigures = Callable[[], defer.Deferred]
 
 
+@dataclass
+class Host:
+    """The host adapters the core drives (see bolt.host)."""
+
+    images: Any
+    rootfs: Any
+
+
 class Manager:
     log = Logger()
 
-    def __init__(self, store: ProjectStore, projects: dict[str, Project], *,
-                 default_limits: ResourceLimits, system: SystemFigures, reactor=None) -> None:
+    def __init__(self, store: ProjectStore, projects: dict[str, Project], *, host: Host,
+                 default_limits: ResourceLimits, default_distro: str, system: SystemFigures,
+                 reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.store = store
         self.projects = projects
+        self.host = host
         self.default_limits = default_limits
+        self.default_distro = default_distro
         self.system = system
-        self._busy: set[str] = set()
+        # Names with an operation in flight: ("p", project) or ("s", project, sandbox).
+        self._busy: set[tuple[str, ...]] = set()
+
+    def _claim(self, *key: str) -> None:
+        if key in self._busy:
+            what = "project" if key[0] == "p" else "sandbox"
+            raise Conflict(f"{what} {'/'.join(key[1:])!r} is busy with another operation; try again")
+        self._busy.add(key)
+
+    def _release(self, *key: str) -> None:
+        self._busy.discard(key)
+
+    # -- start ---------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Bring the host in line with the stored state (after a crash, a reboot, a restart)."""
+        yield self.host.images.recover()
+        known: set[tuple[str, str]] = set()
+        for project in self.list_projects():
+            for sandbox in list(project.sandboxes.values()):
+                if sandbox.state == "deleting":
+                    yield self._finish_delete(project, sandbox)
+                    continue
+                known.add((project.name, sandbox.name))
+                try:
+                    yield self._restore(project, sandbox)
+                except Exception as e:
+                    self.log.error("sandbox {project}/{sandbox} could not be restored: {error}",
+                                   project=project.name, sandbox=sandbox.name, error=e)
+        for mount_point in self.host.rootfs.stray_mounts(known):
+            self.log.warn("removing stray mount {path}", path=mount_point)
+            yield self.host.rootfs.unmount_stray(mount_point)
+        for project_name, name in self.host.rootfs.list_on_disk():
+            if (project_name, name) not in known:
+                self.log.warn("removing stray sandbox files of {project}/{sandbox}", project=project_name, sandbox=name)
+                yield self.host.rootfs.remove_stray(project_name, name)
+
+    @defer.inlineCallbacks
+    def _restore(self, project: Project, sandbox: Sandbox):
+        paths = self.host.rootfs.paths(project.name, sandbox.name)
+        if not self.host.rootfs.is_mounted(paths.rootfs):
+            lower = self._image_path(sandbox.distro)
+            yield self.host.rootfs.mount(project.name, sandbox.name, lower)
+            self.log.info("sandbox {project}/{sandbox} root filesystem mounted again",
+                          project=project.name, sandbox=sandbox.name)
+
+    def _image_path(self, distro: str) -> str:
+        info = self.host.images.get(distro)
+        if info.state != "ready" or not info.path:
+            raise NotFound(f"image {distro} is not ready")
+        return info.path
+
+    @defer.inlineCallbacks
+    def stop(self):
+        yield self.host.images.stop()
 
     # -- projects ------------------------------------------------------------------------------
 
@@ -49,30 +124,35 @@ class Manager:
     @defer.inlineCallbacks
     def create_project(self, name: Any):
         name = validate_name(name, "project name")
-        if name in self.projects or name in self._busy:
+        if name in self.projects:
             raise Conflict(f"project {name!r} already exists")
-        project = Project(name, utc_now_iso(self.reactor.seconds()),
-                          ResourceLimits(**self.default_limits.to_json()))
-        self._busy.add(name)
+        self._claim("p", name)
         try:
+            project = Project(name, utc_now_iso(self.reactor.seconds()),
+                              ResourceLimits(**self.default_limits.to_json()))
             yield self.store.save(project)
+            self.projects[name] = project
         finally:
-            self._busy.discard(name)
-        self.projects[name] = project
+            self._release("p", name)
         self.log.info("project {project} created", project=name)
         return project
 
     @defer.inlineCallbacks
     def delete_project(self, name: Any, force: bool = False):
         project = self.get_project(name)
-        if project.name in self._busy:
-            raise Conflict(f"project {project.name!r} is busy; try again")
-        self._busy.add(project.name)
+        if project.sandboxes and not force:
+            raise Conflict(f"project {project.name!r} still has {len(project.sandboxes)} sandbox(es); "
+                           "delete them first or use ?force=1")
+        if any(k[:2] == ("s", project.name) for k in self._busy):
+            raise Conflict(f"project {project.name!r} has sandbox operations in flight; try again")
+        self._claim("p", project.name)
         try:
+            for sandbox_name in sorted(project.sandboxes):
+                yield self.delete_sandbox(project.name, sandbox_name)
             yield self.store.remove(project.name)
+            del self.projects[project.name]
         finally:
-            self._busy.discard(project.name)
-        del self.projects[project.name]
+            self._release("p", project.name)
         self.log.info("project {project} deleted", project=project.name)
         return project
 
@@ -90,10 +170,129 @@ class Manager:
         self.log.info("project {project} limits set to {limits}", project=project.name, limits=limits.to_json())
         return project
 
+    # -- images --------------------------------------------------------------------------------
+
+    def _distro(self, distro: Any, *, known_suite: bool = True) -> str:
+        try:
+            if known_suite:
+                return self.host.images.validate(distro)
+            return str(imaging.parse_distro(distro))
+        except imaging.InvalidDistro as e:
+            raise InvalidInput(str(e)) from None
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return [self._image_json(info) for info in self.host.images.list()]
+
+    def get_image(self, distro: Any) -> dict[str, Any]:
+        try:
+            return self._image_json(self.host.images.get(self._distro(distro, known_suite=False)))
+        except imaging.ImageNotFound:
+            raise NotFound(f"no image for {distro}") from None
+
+    def build_image(self, distro: Any) -> dict[str, Any]:
+        return self._image_json(self.host.images.start(self._distro(distro)))
+
+    def _image_json(self, info) -> dict[str, Any]:
+        users = [f"{p.name}/{s.name}" for p in self.list_projects() for s in p.sandboxes.values()
+                 if s.distro == info.distro]
+        return {**info.to_json(), "sandboxes": users}
+
+    @defer.inlineCallbacks
+    def delete_image(self, distro: Any):
+        key = self._distro(distro, known_suite=False)
+        in_use = any(s.distro == key for p in self.projects.values() for s in p.sandboxes.values())
+        in_use = in_use or any(k[0] == "s" for k in self._busy)  # a create may be about to use it
+        try:
+            yield self.host.images.remove(key, in_use)
+        except imaging.ImageInUse:
+            raise Conflict(f"image {key} is used by sandboxes; delete them first") from None
+        except imaging.ImageBusy:
+            raise Conflict(f"image {key} is being built") from None
+        except imaging.ImageNotFound:
+            raise NotFound(f"no image for {key}") from None
+        self.log.info("image {distro} removed", distro=key)
+        return {"deleted": key}
+
+    # -- sandboxes -----------------------------------------------------------------------------
+
+    def get_sandbox(self, project_name: Any, name: Any) -> tuple[Project, Sandbox]:
+        project = self.get_project(project_name)
+        name = validate_name(name, "sandbox name")
+        sandbox = project.sandboxes.get(name)
+        if sandbox is None or sandbox.state == "deleting":
+            raise NotFound(f"sandbox {name!r} does not exist in project {project.name!r}")
+        return project, sandbox
+
+    def list_sandboxes(self, project_name: Any) -> list[Sandbox]:
+        project = self.get_project(project_name)
+        return [s for _, s in sorted(project.sandboxes.items()) if s.state != "deleting"]
+
+    @defer.inlineCallbacks
+    def create_sandbox(self, project_name: Any, name: Any, distro: Any = None):
+        project = self.get_project(project_name)
+        name = validate_name(name, "sandbox name")
+        distro = self._distro(self.default_distro if distro is None else distro)
+        if name in project.sandboxes:
+            raise Conflict(f"sandbox {name!r} already exists in project {project.name!r}")
+        if ("p", project.name) in self._busy:
+            raise Conflict(f"project {project.name!r} is busy with another operation; try again")
+        self._claim("s", project.name, name)
+        undo = Rollback(f"create sandbox {project.name}/{name}")
+        try:
+            try:
+                lower = yield self.host.images.ensure(distro)
+            except imaging.ImageBuildFailed as e:
+                raise UpstreamFailed(str(e)) from None
+            yield self.host.rootfs.create(project.name, name, lower)
+            undo.push("root filesystem", lambda: self.host.rootfs.destroy(project.name, name))
+            sandbox = Sandbox(name, distro, utc_now_iso(self.reactor.seconds()))
+            project.sandboxes[name] = sandbox
+            undo.push("record", lambda: project.sandboxes.pop(name, None))
+            yield self.store.save(project)
+        except BaseException:
+            yield undo.run()
+            raise
+        finally:
+            self._release("s", project.name, name)
+        self.log.info("sandbox {project}/{sandbox} created from {distro}", project=project.name,
+                      sandbox=name, distro=distro)
+        return sandbox
+
+    @defer.inlineCallbacks
+    def delete_sandbox(self, project_name: Any, name: Any):
+        project, sandbox = self.get_sandbox(project_name, name)
+        self._claim("s", project.name, sandbox.name)
+        try:
+            previous = sandbox.state
+            sandbox.state = "deleting"
+            try:
+                yield self.store.save(project)
+            except Exception:
+                sandbox.state = previous
+                raise
+            yield self._finish_delete(project, sandbox)
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("sandbox {project}/{sandbox} deleted", project=project.name, sandbox=sandbox.name)
+        return sandbox
+
+    @defer.inlineCallbacks
+    def _finish_delete(self, project: Project, sandbox: Sandbox):
+        yield self.host.rootfs.destroy(project.name, sandbox.name)
+        project.sandboxes.pop(sandbox.name, None)
+        yield self.store.save(project)
+
     # -- views ---------------------------------------------------------------------------------
 
+    def sandbox_json(self, project: Project, sandbox: Sandbox) -> dict[str, Any]:
+        data = sandbox.to_json()
+        data.pop("runtime", None)
+        return {"project": project.name, **data}
+
     def project_json(self, project: Project) -> dict[str, Any]:
-        return {**project.to_json(), "sandboxes": []}
+        data = project.to_json()
+        data["sandboxes"] = [self.sandbox_json(project, s) for s in self.list_sandboxes(project.name)]
+        return data
 
     @defer.inlineCallbacks
     def status(self):
@@ -104,7 +303,10 @@ class Manager:
             limits = p.resource_limits
             projects.append({
                 "name": p.name,
-                "sandboxes": [],
+                "sandboxes": [{"name": s.name, "distro": s.distro, "created_at": s.created_at,
+                               "port_mappings": {str(k): v for k, v in sorted(s.port_mappings.items())},
+                               "reverse_port_mappings": {str(k): v for k, v in sorted(s.reverse_port_mappings.items())}}
+                              for s in self.list_sandboxes(p.name)],
                 "resource_limits": {"cpu_quota_us": limits.cpu_quota_us,
                                     "memory_limit_bytes": limits.memory_limit_bytes},
                 "created_at": p.created_at,

@@ -31,7 +31,7 @@ def _show(value: Any) -> str:
 
 
 def utc_now_iso(now: float) -> str:
-    """ISO 8601 in UTC with a 'Z'-free '+00:00' offset, microseconds dropped; stable across restarts."""
+    """ISO 8601 in UTC ('+00:00' offset), whole seconds; stored as text so it never drifts."""
     return datetime.fromtimestamp(now, tz=timezone.utc).replace(microsecond=0).isoformat()
 
 
@@ -51,33 +51,48 @@ class ResourceLimits:
 
 
 @dataclass
+class Sandbox:
+    """One sandbox as stored.  ``state`` is what the user asked for: "running" or "stopped"."""
+
+    name: str
+    distro: str
+    created_at: str
+    state: str = "running"
+    port_mappings: dict[int, int] = field(default_factory=dict)
+    reverse_port_mappings: dict[int, int] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "distro": self.distro, "created_at": self.created_at,
+                "state": self.state,
+                "port_mappings": {str(k): v for k, v in sorted(self.port_mappings.items())},
+                "reverse_port_mappings": {str(k): v for k, v in sorted(self.reverse_port_mappings.items())},
+                "runtime": dict(self.runtime)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Sandbox":
+        return cls(validate_name(data["name"], "sandbox name"), str(data["distro"]), str(data["created_at"]),
+                   str(data.get("state", "running")),
+                   {int(k): int(v) for k, v in data.get("port_mappings", {}).items()},
+                   {int(k): int(v) for k, v in data.get("reverse_port_mappings", {}).items()},
+                   dict(data.get("runtime", {})))
+
+
+@dataclass
 class Project:
     name: str
     created_at: str
     resource_limits: ResourceLimits
+    sandboxes: dict[str, Sandbox] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "created_at": self.created_at,
-                "resource_limits": self.resource_limits.to_json()}
+                "resource_limits": self.resource_limits.to_json(),
+                "sandboxes": [s.to_json() for _, s in sorted(self.sandboxes.items())]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Project":
+        sandboxes = [Sandbox.from_json(s) for s in data.get("sandboxes", [])]
         return cls(validate_name(data["name"], "project name"), str(data["created_at"]),
-                   ResourceLimits.from_json(data["resource_limits"]))
+                   ResourceLimits.from_json(data["resource_limits"]), {s.name: s for s in sandboxes})
 
-
-@dataclass
-class State:
-    """Everything Bolt persists; one JSON document written atomically."""
-
-    projects: dict[str, Project] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "projects": [p.to_json() for p in self.projects.values()]}
-
-    @classmethod
-    def from_json(cls, data: Any) -> "State":
-        if not isinstance(data, dict) or not isinstance(data.get("projects"), list):
-            raise ValueError("expected an object with a 'projects' list")
-        projects = [Project.from_json(p) for p in data["projects"]]
-        return cls({p.name: p for p in projects})

@@ -24,7 +24,10 @@ from bolt import system, tls
 from bolt.admin import AdminAccount
 from bolt.api import BoltAPI
 from bolt.errors import ConfigError, StateError
-from bolt.manager import Manager
+from bolt.host.images import ImageStore
+from bolt.host.process import ReactorRunner
+from bolt.host.rootfs import RootFS
+from bolt.manager import Host, Manager
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
 from bolt.web import AccessLoggingSite
@@ -58,6 +61,35 @@ class Options(usage.Options):
             raise usage.UsageError(f"--config {self['config']} is a directory; give the file's path")
 
 
+class BoltService(service.MultiService):
+    """Reconciles the host with the stored state first, then opens the listeners.
+
+    Requests are only answered once every stored sandbox is back, so no client sees a half-restored
+    server.  A reconciliation that fails stops the server: starting with state and host disagreeing
+    would hide the problem.
+    """
+
+    def __init__(self, manager: Manager, reactor) -> None:
+        super().__init__()
+        self.manager = manager
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        d = self.manager.start()
+        d.addCallback(lambda _: [child.startService() for child in self])
+        d.addErrback(self._failed)
+
+    def _failed(self, failure) -> None:
+        log.failure("bolt could not reconcile the host with its stored state; stopping", failure)
+        self.reactor.stop()
+
+    def stopService(self):
+        d = super().stopService()
+        d.addBoth(lambda _: self.manager.stop())
+        return d
+
+
 def _fail(message: str) -> SystemExit:
     sys.stderr.write(f"bolt: cannot start: {message}\n")
     return SystemExit(2)
@@ -87,11 +119,19 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             "    {password}\nIt is shown only this once; change it with PUT /api/config.\n{bar}",
             bar="=" * 72, user=conf["admin_user"], password=generated)
 
-    manager = Manager(store, projects, default_limits=conf["default_resource_limits"],
-                      system=system.figures_source(data_dir), reactor=reactor)
+    runner = ReactorRunner(reactor)
+    host = Host(
+        images=ImageStore(conf["base_image_dir"], runner, reactor, variant=conf["image_variant"],
+                          include=conf["image_include"], mirror=conf["image_mirror"],
+                          max_concurrent_builds=conf["max_concurrent_builds"]),
+        rootfs=RootFS(os.path.join(data_dir, "sandboxes"), runner),
+    )
+    manager = Manager(store, projects, host=host, default_limits=conf["default_resource_limits"],
+                      default_distro=conf["default_distro"], system=system.figures_source(data_dir),
+                      reactor=reactor)
     api = BoltAPI(manager, AdminAccount(conf), UpdateChecker(conf["update_url"], reactor=reactor),
                   reactor=reactor)
-    top = service.MultiService()
+    top = BoltService(manager, reactor)
     endpoint = endpoints.SSL4ServerEndpoint(reactor, options["port"], context, interface=options["host"])
     StreamServerEndpointService(endpoint, AccessLoggingSite(api.resource())).setServiceParent(top)
     log.info("bolt {version} serving https://{host}:{port}/api with data in {data_dir}",

@@ -117,3 +117,139 @@ class FakeRunner:
     def assertDone(self) -> None:
         if self.expected:
             raise AssertionError(f"commands never ran: {[list(e.argv) for e in self.expected]!r}")
+
+
+class FakeImages:
+    """The ImageStore's interface over a dict; builds are held until the test finishes them."""
+
+    scripts_dir = "/nonexistent"
+
+    def __init__(self, ready: tuple[str, ...] = ("debian:bookworm",)) -> None:
+        from bolt.host.images import ImageInfo
+        self._info = ImageInfo
+        self.ready = {d: f"/images/{d.replace(':', '/')}" for d in ready}
+        self.builds: dict[str, list[defer.Deferred]] = {}
+        self.removed: list[str] = []
+        self.known_suites = {"bookworm", "bullseye", "trixie", "jammy", "noble"}
+
+    def validate(self, distro):
+        return self._check(distro)
+
+    def _check(self, distro):
+        from bolt.host.images import InvalidDistro, parse_distro
+        parsed = parse_distro(distro)
+        if parsed.suite not in self.known_suites:
+            raise InvalidDistro("unknown suite")
+        return str(parsed)
+
+    def ensure(self, distro):
+        key = self._check(distro)
+        if key in self.ready:
+            return defer.succeed(self.ready[key])
+        d = defer.Deferred()
+        self.builds.setdefault(key, []).append(d)
+        return d
+
+    def finish_build(self, distro: str, error: Exception | None = None) -> None:
+        for d in self.builds.pop(distro):
+            if error is None:
+                self.ready[distro] = f"/images/{distro.replace(':', '/')}"
+                d.callback(self.ready[distro])
+            else:
+                d.errback(error)
+
+    def get(self, distro):
+        from bolt.host.images import ImageNotFound
+        if distro in self.ready:
+            return self._info(distro, "ready", path=self.ready[distro], size_bytes=1, build_seconds=1.0,
+                              built_at="2026-01-01T00:00:00+00:00")
+        if distro in self.builds:
+            return self._info(distro, "building", stage="Retrieving Release", elapsed_seconds=1.0)
+        raise ImageNotFound(distro)
+
+    def list(self):
+        return [self.get(d) for d in sorted(set(self.ready) | set(self.builds))]
+
+    def start(self, distro):
+        key = self._check(distro)
+        if key not in self.ready and key not in self.builds:
+            self.builds[key] = []
+        return self.get(key)
+
+    def remove(self, distro, in_use):
+        from bolt.host.images import ImageInUse, ImageNotFound
+        if distro not in self.ready:
+            return defer.fail(ImageNotFound(distro))
+        if in_use:
+            return defer.fail(ImageInUse(distro))
+        del self.ready[distro]
+        self.removed.append(distro)
+        return defer.succeed(None)
+
+    def recover(self):
+        return defer.succeed(None)
+
+    def stop(self):
+        return defer.succeed(None)
+
+
+@dataclass(frozen=True)
+class _Paths:
+    base: str
+    upper: str
+    work: str
+    rootfs: str
+
+
+class FakeRootFS:
+    """Overlay mounts as a set; ``fail_create`` makes the next create fail like a mount error."""
+
+    def __init__(self) -> None:
+        self.mounted: dict[tuple[str, str], str] = {}
+        self.on_disk: set[tuple[str, str]] = set()
+        self.destroyed: list[tuple[str, str]] = []
+        self.fail_create: Exception | None = None
+        self.fail_destroy: Exception | None = None
+
+    def paths(self, project, name):
+        base = f"/data/sandboxes/{project}/{name}"
+        return _Paths(base, base + "/upper", base + "/work", base + "/rootfs")
+
+    def create(self, project, name, lower):
+        if self.fail_create is not None:
+            error, self.fail_create = self.fail_create, None
+            return defer.fail(error)
+        self.mounted[(project, name)] = lower
+        self.on_disk.add((project, name))
+        return defer.succeed(self.paths(project, name))
+
+    def mount(self, project, name, lower):
+        self.mounted[(project, name)] = lower
+        return defer.succeed(self.paths(project, name))
+
+    def is_mounted(self, path):
+        return any(self.paths(*key).rootfs == path for key in self.mounted)
+
+    def destroy(self, project, name):
+        if self.fail_destroy is not None:
+            return defer.fail(self.fail_destroy)
+        self.mounted.pop((project, name), None)
+        self.on_disk.discard((project, name))
+        self.destroyed.append((project, name))
+        return defer.succeed(None)
+
+    def stray_mounts(self, known):
+        return [self.paths(*key).rootfs for key in self.mounted if key not in set(known)]
+
+    def unmount_stray(self, mount_point):
+        for key in [k for k in self.mounted if self.paths(*k).rootfs == mount_point]:
+            del self.mounted[key]
+        return defer.succeed(None)
+
+    def list_on_disk(self):
+        return sorted(self.on_disk)
+
+    def remove_stray(self, project, name):
+        self.on_disk.discard((project, name))
+        self.destroyed.append((project, name))
+        return defer.succeed(None)

@@ -11,9 +11,10 @@ from twisted.internet import defer, task
 from bolt import config as configuration
 from bolt.admin import AdminAccount
 from bolt.api import BoltAPI
-from bolt.manager import Manager
+from bolt.manager import Host, Manager
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
+from tests.fakes import FakeImages, FakeRootFS
 
 #: scrypt cost for tests: fast, still the real algorithm.
 CHEAP = {"n": 2 ** 10, "r": 8, "p": 1}
@@ -41,12 +42,17 @@ class World:
         self.data_dir = os.path.join(self.dir, "data")
         self.config, _ = configuration.load(self.config_path, self.data_dir, initial_password=PASSWORD, cost=CHEAP)
         self.store = ProjectStore(os.path.join(self.data_dir, "projects"), inline)
-        self.manager = Manager(self.store, self.store.load_all(),
-                               default_limits=self.config["default_resource_limits"],
-                               system=figures, reactor=self.clock)
+        self.host = Host(images=FakeImages(), rootfs=FakeRootFS())
+        self.manager = self.new_manager()
         self.admin = AdminAccount(self.config, inline, cost=CHEAP)
         self.api = BoltAPI(self.manager, self.admin, UpdateChecker(None, reactor=self.clock),
                            reactor=self.clock, run_in_thread=inline)
+
+    def new_manager(self) -> Manager:
+        """A manager over what is stored now, as a restarted server would build it."""
+        return Manager(self.store, self.store.load_all(), host=self.host,
+                       default_limits=self.config["default_resource_limits"],
+                       default_distro=self.config["default_distro"], system=figures, reactor=self.clock)
 
     def config_on_disk(self) -> dict:
         with open(self.config_path) as f:

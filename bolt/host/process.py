@@ -99,6 +99,7 @@ class _Collector(protocol.ProcessProtocol):
         self.err: list[bytes] = []
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._partial = {1: b"", 2: b""}
+        self.on_end: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
         if self.stdin:
@@ -121,6 +122,8 @@ class _Collector(protocol.ProcessProtocol):
             self.on_line(line)
 
     def processEnded(self, reason) -> None:
+        if self.on_end is not None:
+            self.on_end()
         for fd in (1, 2):
             if self._partial.get(fd):
                 self._line(self._partial[fd])
@@ -169,7 +172,8 @@ class ReactorRunner:
             if transport is None or transport.pid is None:
                 return
             self._signal(transport, "TERM")
-            self.reactor.callLater(KILL_GRACE, self._signal, transport, "KILL")
+            kill = self.reactor.callLater(KILL_GRACE, self._signal, transport, "KILL")
+            collector.on_end = lambda: kill.cancel() if kill.active() else None
 
         d: defer.Deferred[ProcessResult] = defer.Deferred(cancel)
         collector = _Collector(args, stdin, on_line, check, d)

@@ -1,0 +1,202 @@
+"""Sandbox and image operations of the core (and their API routes) over fake host adapters."""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from bolt.errors import Conflict, InvalidInput, NotFound, UpstreamFailed
+from bolt.host.images import ImageBuildFailed
+from tests.helpers import PASSWORD, World
+
+
+class SandboxCore(unittest.TestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.manager = self.world.manager
+        self.images = self.world.host.images
+        self.rootfs = self.world.host.rootfs
+        self.successResultOf(self.manager.create_project("proj"))
+
+    def stored(self) -> dict:
+        with open(f"{self.world.data_dir}/projects/proj.json") as f:
+            return json.load(f)
+
+    def test_create_uses_default_distro_and_persists(self):
+        sandbox = self.successResultOf(self.manager.create_sandbox("proj", "box1"))
+        self.assertEqual((sandbox.name, sandbox.distro, sandbox.state), ("box1", "debian:bookworm", "running"))
+        self.assertEqual(self.rootfs.mounted[("proj", "box1")], "/images/debian/bookworm")
+        stored = self.stored()["sandboxes"]
+        self.assertEqual([s["name"] for s in stored], ["box1"])
+        self.assertEqual(stored[0]["created_at"], sandbox.created_at)
+
+    def test_bad_input_changes_nothing(self):
+        for name, distro, error in [("Bad", None, InvalidInput), ("ok", "centos:7", InvalidInput),
+                                    ("ok", "debian:../../etc", InvalidInput), ("ok", "debian:nosuch", InvalidInput),
+                                    ("ok", 5, InvalidInput)]:
+            self.failureResultOf(self.manager.create_sandbox("proj", name, distro), error)
+        self.failureResultOf(self.manager.create_sandbox("nope", "ok"), NotFound)
+        self.assertEqual(self.rootfs.mounted, {})
+        self.assertEqual(self.stored()["sandboxes"], [])
+
+    def test_duplicate_is_conflict(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.failureResultOf(self.manager.create_sandbox("proj", "box"), Conflict)
+
+    def test_concurrent_create_of_same_name(self):
+        d1 = self.manager.create_sandbox("proj", "box", "debian:trixie")  # waits for a build
+        self.failureResultOf(self.manager.create_sandbox("proj", "box", "debian:trixie"), Conflict)
+        self.images.finish_build("debian:trixie")
+        self.assertEqual(self.successResultOf(d1).distro, "debian:trixie")
+
+    def test_waits_for_build_then_creates(self):
+        d = self.manager.create_sandbox("proj", "box", "ubuntu:noble")
+        self.assertNoResult(d)
+        self.assertEqual(self.manager.list_sandboxes("proj"), [])
+        self.images.finish_build("ubuntu:noble")
+        self.assertEqual(self.successResultOf(d).distro, "ubuntu:noble")
+
+    def test_build_failure_is_upstream_error_and_leaves_nothing(self):
+        d = self.manager.create_sandbox("proj", "box", "ubuntu:jammy")
+        self.images.finish_build("ubuntu:jammy", ImageBuildFailed("ubuntu:jammy", "exit code 1", ["E: no mirror"]))
+        failure = self.failureResultOf(d, UpstreamFailed)
+        self.assertIn("E: no mirror", str(failure.value))
+        self.assertEqual(self.rootfs.mounted, {})
+        self.assertEqual(self.stored()["sandboxes"], [])
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))  # the name is free again
+
+    def test_mount_failure_rolls_back(self):
+        self.rootfs.fail_create = RuntimeError("mount: permission denied")
+        self.failureResultOf(self.manager.create_sandbox("proj", "box"), RuntimeError)
+        self.assertEqual(self.manager.list_sandboxes("proj"), [])
+        self.assertEqual(self.stored()["sandboxes"], [])
+
+    def test_save_failure_undoes_the_mount(self):
+        original = self.world.store.save
+        self.world.store.save = lambda project: defer.fail(OSError(28, "No space left on device"))
+        self.failureResultOf(self.manager.create_sandbox("proj", "box"), OSError)
+        self.world.store.save = original
+        self.assertEqual(self.rootfs.mounted, {})
+        self.assertEqual(self.rootfs.destroyed, [("proj", "box")])
+        self.assertEqual(self.manager.list_sandboxes("proj"), [])
+
+    def test_delete(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.successResultOf(self.manager.delete_sandbox("proj", "box"))
+        self.assertEqual(self.rootfs.destroyed, [("proj", "box")])
+        self.assertEqual(self.stored()["sandboxes"], [])
+        self.failureResultOf(self.manager.delete_sandbox("proj", "box"), NotFound)
+
+    def test_failed_teardown_keeps_a_deleting_record_finished_at_next_start(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.rootfs.fail_destroy = RuntimeError("umount: target is busy")
+        self.failureResultOf(self.manager.delete_sandbox("proj", "box"), RuntimeError)
+        self.assertEqual(self.stored()["sandboxes"][0]["state"], "deleting")
+        self.failureResultOf(self.manager.create_sandbox("proj", "box"), Conflict)
+        self.rootfs.fail_destroy = None
+        restarted = self.world.new_manager()
+        self.successResultOf(restarted.start())
+        self.assertEqual(self.stored()["sandboxes"], [])
+        self.assertEqual(self.rootfs.mounted, {})
+
+    def test_project_delete_needs_force_when_it_has_sandboxes(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "a"))
+        self.successResultOf(self.manager.create_sandbox("proj", "b"))
+        self.failureResultOf(self.manager.delete_project("proj"), Conflict)
+        self.successResultOf(self.manager.delete_project("proj", force=True))
+        self.assertEqual(sorted(self.rootfs.destroyed), [("proj", "a"), ("proj", "b")])
+        self.assertEqual(self.manager.list_projects(), [])
+
+    def test_project_delete_refused_while_a_create_waits(self):
+        d = self.manager.create_sandbox("proj", "box", "debian:trixie")
+        self.failureResultOf(self.manager.delete_project("proj", force=True), Conflict)
+        self.images.finish_build("debian:trixie")
+        self.successResultOf(d)
+
+    def test_start_remounts_and_removes_strays(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "keep"))
+        self.rootfs.mounted.clear()  # a reboot
+        self.rootfs.mounted[("proj", "ghost")] = "/images/x"  # a create that crashed half-way
+        self.rootfs.on_disk.add(("other", "orphan"))
+        self.successResultOf(self.world.new_manager().start())
+        self.assertEqual(self.rootfs.mounted, {("proj", "keep"): "/images/debian/bookworm"})
+        self.assertEqual(self.rootfs.on_disk, {("proj", "keep")})
+
+    def test_image_in_use_cannot_be_deleted(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.failureResultOf(self.manager.delete_image("debian:bookworm"), Conflict)
+        self.successResultOf(self.manager.delete_sandbox("proj", "box"))
+        self.successResultOf(self.manager.delete_image("debian:bookworm"))
+        self.assertEqual(self.images.removed, ["debian:bookworm"])
+        self.failureResultOf(self.manager.delete_image("debian:bookworm"), NotFound)
+
+
+class SandboxRoutes(unittest.TestCase):
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.http = StubTreq(self.world.api.resource())
+
+    @defer.inlineCallbacks
+    def call(self, method, path, body=None):
+        response = yield self.http.request(method, "https://bolt.test" + path, auth=("admin", PASSWORD),
+                                           data=json.dumps(body).encode() if body is not None else None)
+        return response.code, json.loads((yield response.content()))
+
+    @defer.inlineCallbacks
+    def test_sandbox_routes_and_status_shape(self):
+        yield self.call("POST", "/api/projects", {"name": "project1"})
+        code, created = yield self.call("POST", "/api/projects/project1/sandboxes", {"name": "sandbox1"})
+        self.assertEqual(code, 201)
+        self.assertEqual(created, {"project": "project1", "name": "sandbox1", "distro": "debian:bookworm",
+                                   "created_at": created["created_at"], "state": "running",
+                                   "port_mappings": {}, "reverse_port_mappings": {}})
+        code, listed = yield self.call("GET", "/api/projects/project1/sandboxes")
+        self.assertEqual((code, listed), (200, [created]))
+        code, one = yield self.call("GET", "/api/projects/project1/sandboxes/sandbox1")
+        self.assertEqual((code, one), (200, created))
+        code, status = yield self.call("GET", "/api/status")
+        self.assertEqual(status["projects"][0]["sandboxes"], [{
+            "name": "sandbox1", "distro": "debian:bookworm", "created_at": created["created_at"],
+            "port_mappings": {}, "reverse_port_mappings": {}}])
+        code, _ = yield self.call("POST", "/api/projects/project1/sandboxes", {"name": "sandbox1"})
+        self.assertEqual(code, 409)
+        code, _ = yield self.call("DELETE", "/api/projects/project1")
+        self.assertEqual(code, 409)
+        code, body = yield self.call("DELETE", "/api/projects/project1/sandboxes/sandbox1")
+        self.assertEqual((code, body), (200, {"deleted": "sandbox1"}))
+        code, _ = yield self.call("GET", "/api/projects/project1/sandboxes/sandbox1")
+        self.assertEqual(code, 404)
+        code, _ = yield self.call("GET", "/api/projects/nope/sandboxes")
+        self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def test_bad_sandbox_requests(self):
+        yield self.call("POST", "/api/projects", {"name": "p"})
+        for body in [{"name": "UPPER"}, {"distro": "debian:bookworm"}, {"name": "a", "distro": "arch:latest"},
+                     {"name": "a", "colour": 1}]:
+            code, answer = yield self.call("POST", "/api/projects/p/sandboxes", body)
+            self.assertEqual(code, 400, body)
+        code, answer = yield self.call("POST", "/api/projects/p/sandboxes", {"name": "a", "distro": "fedora:40"})
+        self.assertIn('"debian:<suite>" or "ubuntu:<suite>"', answer["error"])
+
+    @defer.inlineCallbacks
+    def test_image_routes(self):
+        code, images = yield self.call("GET", "/api/images")
+        self.assertEqual(code, 200)
+        self.assertEqual([i["distro"] for i in images], ["debian:bookworm"])
+        self.assertEqual(images[0]["state"], "ready")
+        code, info = yield self.call("POST", "/api/images", {"distro": "ubuntu:noble"})
+        self.assertEqual((code, info["state"]), (202, "building"))
+        code, info = yield self.call("GET", "/api/images/ubuntu:noble")
+        self.assertEqual((code, info["stage"]), (200, "Retrieving Release"))
+        code, _ = yield self.call("GET", "/api/images/ubuntu:lunar")
+        self.assertEqual(code, 404)
+        code, _ = yield self.call("POST", "/api/images", {"distro": "debian"})
+        self.assertEqual(code, 400)
+        code, _ = yield self.call("DELETE", "/api/images/debian:bookworm")
+        self.assertEqual(code, 200)
+        code, _ = yield self.call("DELETE", "/api/images/debian:bookworm")
+        self.assertEqual(code, 404)
