@@ -12,8 +12,7 @@ TESTS       ?= tests
 
 # Debian package names; installed only when missing.
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev debootstrap iptables iproute2 \
-                util-linux mount procps openssl ca-certificates curl telnet socat netcat-openbsd \
-                ubuntu-keyring
+                util-linux mount procps openssl ca-certificates curl telnet socat netcat-openbsd
 
 SOURCES := setup.py $(shell find bolt twisted -name '*.py' 2>/dev/null)
 
