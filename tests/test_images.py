@@ -589,3 +589,33 @@ class HelperTests(SynchronousTestCase):
         self.assertIn("UnexpectedCommand", str(e))
         self.assertEqual(len(self.flushLoggedErrors(UnexpectedCommand)), 1)
         self.assertEqual(w.leftovers(), [])
+
+
+class PackageCacheTests(SynchronousTestCase):
+    def test_only_debs_in_the_archive_directory_are_removed(self):
+        from bolt.host.images import clean_package_cache
+
+        root = self.mktemp()
+        archives = os.path.join(root, "var", "cache", "apt", "archives")
+        os.makedirs(os.path.join(archives, "partial"))
+        outside = os.path.join(root, "outside.deb")
+        for path in (os.path.join(archives, "libc6_2.36_amd64.deb"), os.path.join(archives, "lock"), outside):
+            with open(path, "w") as f:
+                f.write("x")
+        os.symlink(outside, os.path.join(archives, "link.deb"))
+        clean_package_cache(root)
+        self.assertEqual(sorted(os.listdir(archives)), ["link.deb", "lock", "partial"])
+        self.assertTrue(os.path.exists(outside))
+
+    def test_archive_directory_that_is_a_symlink_is_left_alone(self):
+        from bolt.host.images import clean_package_cache
+
+        root = self.mktemp()
+        decoy = self.mktemp()
+        os.makedirs(decoy)
+        with open(os.path.join(decoy, "precious.deb"), "w") as f:
+            f.write("x")
+        os.makedirs(os.path.join(root, "var", "cache", "apt"))
+        os.symlink(decoy, os.path.join(root, "var", "cache", "apt", "archives"))
+        clean_package_cache(root)
+        self.assertEqual(os.listdir(decoy), ["precious.deb"])
