@@ -36,11 +36,12 @@ class AdminAccount:
             raise InvalidInput(f"unknown field {unknown[0]!r}; accepted: admin_user, admin_password")
         if not body:
             raise InvalidInput("give admin_user and/or admin_password")
-        user = body.get("admin_user", self.config["admin_user"])
-        try:
-            SCHEMA["admin_user"][1](user)
-        except ValueError as e:
-            raise InvalidInput(f"admin_user {e}") from None
+        user = body.get("admin_user")
+        if "admin_user" in body:
+            try:
+                SCHEMA["admin_user"][1](user)
+            except ValueError as e:
+                raise InvalidInput(f"admin_user {e}") from None
         password = body.get("admin_password")
         if "admin_password" in body:
             problem = passwords.check_new_password(password)
@@ -49,7 +50,9 @@ class AdminAccount:
         return self._lock.run(self._apply, user, password)
 
     @defer.inlineCallbacks
-    def _apply(self, user: str, password: str | None):
+    def _apply(self, user: str | None, password: str | None):
+        # Read the current user only now, under the lock: an earlier change may just have renamed it.
+        user = user if user is not None else self.config["admin_user"]
         changes: dict[str, Any] = {"admin_user": user}
         if password is not None:
             changes["admin_password"] = yield self._thread(passwords.hash_password, password, self._cost)

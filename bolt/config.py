@@ -174,8 +174,9 @@ class Config:
     def save(self) -> None:
         """Write the file atomically, mode 0600, in a 0750 directory."""
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        os.chmod(directory, 0o750)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o750)
+            os.chmod(directory, 0o750)  # makedirs' mode is masked by the umask
         text = json.dumps(self.raw, indent=4, sort_keys=True) + "\n"
         atomic_write(self.path, text.encode("utf-8"), mode=0o600)
 

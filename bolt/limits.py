@@ -45,7 +45,7 @@ def validate_limits(data: Any, base: ResourceLimits | None = None, *, cpus: int 
     for name in require_all:
         if name not in data:
             raise InvalidInput(f"{name} is required")
-    if base is None and not set(require_all) >= {"cpu_quota_us", "memory_limit_bytes"}:
+    if base is None and not {"cpu_quota_us", "memory_limit_bytes"} <= set(data):
         raise InvalidInput("cpu_quota_us and memory_limit_bytes are required")
     if not data:
         raise InvalidInput(f"give at least one of {', '.join(FIELDS)}")

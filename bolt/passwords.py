@@ -37,13 +37,25 @@ def hash_password(password: str, cost: dict[str, int] | None = None) -> str:
 
 
 def is_password_hash(value: object) -> bool:
-    return isinstance(value, str) and _FORMAT.fullmatch(value) is not None
+    """True for a hash :func:`verify_password` can use: sane scrypt parameters, a 32-byte digest."""
+    m = _FORMAT.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return False
+    n, r, p = (int(x) for x in m.group(1, 2, 3))
+    if not (2 <= n <= 2 ** 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            and 128 * n * r * p <= 256 * 1024 * 1024):
+        return False
+    try:
+        salt, digest = base64.b64decode(m.group(4), validate=True), base64.b64decode(m.group(5), validate=True)
+    except ValueError:
+        return False
+    return len(salt) >= 8 and len(digest) == 32
 
 
 def verify_password(password: str, stored: str) -> bool:
     """Check ``password`` against a stored hash in constant time. Slow by design: call off the reactor."""
     m = _FORMAT.fullmatch(stored)
-    if m is None:
+    if m is None or not is_password_hash(stored):
         return False
     n, r, p = (int(x) for x in m.group(1, 2, 3))
     salt, expected = base64.b64decode(m.group(4)), base64.b64decode(m.group(5))
@@ -58,6 +70,10 @@ def check_new_password(password: object) -> str | None:
         return f"admin_password must be at least {MIN_PASSWORD_LENGTH} characters"
     if len(password) > MAX_PASSWORD_LENGTH:
         return f"admin_password must be at most {MAX_PASSWORD_LENGTH} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "admin_password must be valid Unicode text (no lone surrogates)"
     return None
 
 

@@ -19,7 +19,7 @@ class Throttle:
         self.block = block
         self.max_tracked = max_tracked
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._blocked_until: dict[str, float] = {}
+        self._blocked_until: OrderedDict[str, float] = OrderedDict()
 
     def retry_after(self, key: str) -> float:
         """Seconds until ``key`` may try again; 0 when it is not blocked."""
@@ -39,7 +39,8 @@ class Throttle:
         while times and times[0] <= now - self.window:
             times.popleft()
         if len(times) >= self.limit:
-            self._blocked_until[key] = now + self.block
+            self._blocked_until.pop(key, None)
+            self._blocked_until[key] = now + self.block  # newest last, so the oldest go first
             times.clear()
         else:
             self._failures[key] = times
@@ -48,6 +49,8 @@ class Throttle:
         if len(self._blocked_until) > self.max_tracked:
             for k in [k for k, t in self._blocked_until.items() if t <= now]:
                 del self._blocked_until[k]
+            while len(self._blocked_until) > self.max_tracked:
+                self._blocked_until.popitem(last=False)
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)

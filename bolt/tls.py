@@ -79,8 +79,13 @@ def ensure_certificate(directory: str) -> tuple[str, str]:
     """Return the paths of cert.pem and key.pem in ``directory``, generating them when absent."""
     cert_path = os.path.join(directory, "cert.pem")
     key_path = os.path.join(directory, "key.pem")
-    if os.path.exists(cert_path) and os.path.exists(key_path):
+    have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
+    if have_cert and have_key:
         return cert_path, key_path
+    if have_cert or have_key:
+        present, missing = (cert_path, key_path) if have_cert else (key_path, cert_path)
+        raise OSError(2, f"{present} exists but {missing} does not; provide both (bolt never overwrites "
+                         "a certificate or key) or remove both to generate a self-signed pair", missing)
     hostname = socket.gethostname()
     cert_pem, key_pem = generate_self_signed(hostname, host_addresses())
     os.makedirs(directory, mode=0o750, exist_ok=True)

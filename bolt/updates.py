@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from bolt import __version__
 from bolt.errors import UpstreamFailed
@@ -67,24 +68,32 @@ class UpdateChecker:
         if not self.url:
             return {"update_available": False, "latest_version": None, "current_version": __version__,
                     "reason": "no update_url is configured"}
+        timed_out: list[bool] = []
+
+        def on_timeout(result, timeout):
+            timed_out.append(True)
+            return result
+
         try:
             d = self.agent.request(b"GET", self.url.encode("ascii"),
                                    Headers({b"User-Agent": [f"bolt/{__version__}".encode()],
                                             b"Accept": [b"application/json"]}))
-            d.addTimeout(self.timeout, self.reactor)
+            d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=on_timeout)
             response = yield d
             if response.code != 200:
                 raise UpstreamFailed(f"update server answered HTTP {response.code}")
-            if response.length is not None and response.length != -1 and response.length > MAX_BODY:
+            if response.length is not UNKNOWN_LENGTH and response.length > MAX_BODY:
                 raise UpstreamFailed("update document is too large")
             body = readBody(response)
-            body.addTimeout(self.timeout, self.reactor)
+            body.addTimeout(self.timeout, self.reactor, onTimeoutCancel=on_timeout)
             data = yield body
         except UpstreamFailed:
             raise
-        except defer.TimeoutError:
-            raise UpstreamFailed(f"update server did not answer within {self.timeout:g} s") from None
         except Exception as e:
+            # A timeout cancels the request; the Agent then reports ResponseNeverReceived or
+            # ConnectingCancelledError rather than a TimeoutError, so the flag says what happened.
+            if timed_out or isinstance(e, defer.TimeoutError):
+                raise UpstreamFailed(f"update server did not answer within {self.timeout:g} s") from None
             raise UpstreamFailed(f"update check failed: {e.__class__.__name__}: {e}") from None
         if len(data) > MAX_BODY:
             raise UpstreamFailed("update document is too large")
