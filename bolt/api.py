@@ -278,6 +278,27 @@ class BoltAPI:
         sandbox = yield shield(self.manager.delete_sandbox(project, name))
         return _json(request, 200, {"deleted": sandbox.name})
 
+    @app.route("/api/projects/<project>/sandboxes/<name>/start", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def start_sandbox(self, request, project, name):
+        sandbox = yield shield(self.manager.start_sandbox(project, name))
+        return _json(request, 200, self.manager.sandbox_json(self.manager.get_project(project), sandbox))
+
+    @app.route("/api/projects/<project>/sandboxes/<name>/stop", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def stop_sandbox(self, request, project, name):
+        sandbox = yield shield(self.manager.stop_sandbox(project, name))
+        return _json(request, 200, self.manager.sandbox_json(self.manager.get_project(project), sandbox))
+
+    @app.route("/api/projects/<project>/sandboxes/<name>/exec", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def exec(self, request, project, name):
+        result = yield self.manager.exec(project, name, read_json(request))
+        return _json(request, 200, result)
+
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
     unknown = sorted(set(body) - allowed)

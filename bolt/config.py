@@ -148,6 +148,7 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "shell_host": (None, _host),
     "shell_tls": (False, _bool),
     "max_shell_sessions": (500, _int(1, 100000)),
+    "cgroup_parent": ("bolt", _str(r"[a-z0-9][a-z0-9_-]{0,62}", "must be a name of a-z, 0-9, '-', '_'")),
     "max_shell_sessions_per_sandbox": (20, _int(1, 10000)),
 }
 

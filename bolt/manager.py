@@ -20,7 +20,10 @@ from twisted.logger import Logger
 
 from bolt import __version__
 from bolt.errors import Conflict, InvalidInput, NotFound, UpstreamFailed
+from bolt.execs import parse_exec
+from bolt.host import cgroups as cgrouping
 from bolt.host import images as imaging
+from bolt.host import runtime as running
 from bolt.limits import validate_limits
 from bolt.model import Project, ResourceLimits, Sandbox, utc_now_iso, validate_name
 from bolt.rollback import Rollback
@@ -35,6 +38,12 @@ class Host:
 
     images: Any
     rootfs: Any
+    cgroups: Any
+    runtime: Any
+
+
+def _cgroup_limits(limits: ResourceLimits) -> cgrouping.Limits:
+    return cgrouping.Limits(limits.cpu_quota_us, limits.memory_limit_bytes, limits.pids_max)
 
 
 class Manager:
@@ -82,6 +91,7 @@ class Manager:
                 except Exception as e:
                     self.log.error("sandbox {project}/{sandbox} could not be restored: {error}",
                                    project=project.name, sandbox=sandbox.name, error=e)
+        self._remove_stray_cgroups(known)
         for mount_point in self.host.rootfs.stray_mounts(known):
             self.log.warn("removing stray mount {path}", path=mount_point)
             yield self.host.rootfs.unmount_stray(mount_point)
@@ -92,12 +102,68 @@ class Manager:
 
     @defer.inlineCallbacks
     def _restore(self, project: Project, sandbox: Sandbox):
+        """Adopt a running sandbox as it is, or bring back what a reboot or crash took away."""
+        self.host.cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
+        if sandbox.state == "running" and self._alive(sandbox):
+            self.log.info("sandbox {project}/{sandbox} adopted: pid {pid} still running",
+                          project=project.name, sandbox=sandbox.name, pid=sandbox.runtime["pid"])
+            return
         paths = self.host.rootfs.paths(project.name, sandbox.name)
         if not self.host.rootfs.is_mounted(paths.rootfs):
             lower = self._image_path(sandbox.distro)
             yield self.host.rootfs.mount(project.name, sandbox.name, lower)
             self.log.info("sandbox {project}/{sandbox} root filesystem mounted again",
                           project=project.name, sandbox=sandbox.name)
+        self._clear_cgroup(project.name, sandbox.name)  # whatever outlived its pid 1
+        if sandbox.state == "running":
+            sandbox.runtime = yield self._boot(project, sandbox.name)
+            yield self.store.save(project)
+            self.log.info("sandbox {project}/{sandbox} started again (its pid 1 was gone)",
+                          project=project.name, sandbox=sandbox.name)
+        else:
+            sandbox.runtime = {}
+
+    def _remove_stray_cgroups(self, known: set[tuple[str, str]]) -> None:
+        cgroups = self.host.cgroups
+        for project_name in cgroups.list_projects():
+            for name in cgroups.list_sandboxes(project_name):
+                if (project_name, name) not in known:
+                    self.log.warn("removing stray cgroup of {project}/{sandbox}", project=project_name, sandbox=name)
+                    self._clear_cgroup(project_name, name)
+            if project_name not in self.projects:
+                cgroups.remove_project(project_name)
+
+    def _clear_cgroup(self, project: str, name: str) -> None:
+        if name in self.host.cgroups.list_sandboxes(project):
+            self.host.cgroups.kill_sandbox(project, name)
+            self.host.cgroups.remove_sandbox(project, name)
+
+    def _alive(self, sandbox: Sandbox) -> bool:
+        rt = sandbox.runtime
+        return bool(rt) and self.host.runtime.alive(rt["pid"], rt["start_time"])
+
+    @defer.inlineCallbacks
+    def _boot(self, project: Project, name: str):
+        """Start a sandbox's pid 1 in its own cgroup; returns the runtime record to store."""
+        cgroups = self.host.cgroups
+        cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
+        cgroups.ensure_sandbox(project.name, name)
+        try:
+            paths = self.host.rootfs.paths(project.name, name)
+            process = yield self.host.runtime.start(paths.rootfs, name, cgroups.procs_files(project.name, name))
+        except BaseException:
+            self._clear_cgroup(project.name, name)
+            raise
+        return {"pid": process.pid, "start_time": process.start_time}
+
+    @defer.inlineCallbacks
+    def _halt(self, project: Project, sandbox: Sandbox):
+        """Stop every process of a sandbox (SIGTERM, then SIGKILL after a grace period)."""
+        rt = sandbox.runtime
+        if rt:
+            yield self.host.runtime.stop(rt["pid"], rt["start_time"])
+        self._clear_cgroup(project.name, sandbox.name)
+        sandbox.runtime = {}
 
     def _image_path(self, distro: str) -> str:
         info = self.host.images.get(distro)
@@ -130,7 +196,12 @@ class Manager:
         try:
             project = Project(name, utc_now_iso(self.reactor.seconds()),
                               ResourceLimits(**self.default_limits.to_json()))
-            yield self.store.save(project)
+            self.host.cgroups.ensure_project(name, _cgroup_limits(project.resource_limits))
+            try:
+                yield self.store.save(project)
+            except BaseException:
+                self.host.cgroups.remove_project(name)
+                raise
             self.projects[name] = project
         finally:
             self._release("p", name)
@@ -148,9 +219,10 @@ class Manager:
         self._claim("p", project.name)
         try:
             for sandbox_name in sorted(project.sandboxes):
-                yield self.delete_sandbox(project.name, sandbox_name)
+                yield self._delete_sandbox(project, project.sandboxes[sandbox_name])
             yield self.store.remove(project.name)
             del self.projects[project.name]
+            self.host.cgroups.remove_project(project.name)
         finally:
             self._release("p", project.name)
         self.log.info("project {project} deleted", project=project.name)
@@ -161,11 +233,16 @@ class Manager:
         project = self.get_project(name)
         limits = validate_limits(data, project.resource_limits)
         previous = project.resource_limits
+        try:
+            self.host.cgroups.set_limits(project.name, _cgroup_limits(limits))
+        except cgrouping.CgroupError as e:
+            raise Conflict(f"limits not applied: {e}") from None
         project.resource_limits = limits
         try:
             yield self.store.save(project)
         except Exception:
             project.resource_limits = previous
+            self.host.cgroups.set_limits(project.name, _cgroup_limits(previous))
             raise
         self.log.info("project {project} limits set to {limits}", project=project.name, limits=limits.to_json())
         return project
@@ -245,7 +322,9 @@ class Manager:
                 raise UpstreamFailed(str(e)) from None
             yield self.host.rootfs.create(project.name, name, lower)
             undo.push("root filesystem", lambda: self.host.rootfs.destroy(project.name, name))
-            sandbox = Sandbox(name, distro, utc_now_iso(self.reactor.seconds()))
+            runtime = yield self._boot(project, name)
+            undo.push("processes", lambda: self._halt(project, Sandbox(name, distro, "", runtime=runtime)))
+            sandbox = Sandbox(name, distro, utc_now_iso(self.reactor.seconds()), runtime=runtime)
             project.sandboxes[name] = sandbox
             undo.push("record", lambda: project.sandboxes.pop(name, None))
             yield self.store.save(project)
@@ -258,9 +337,15 @@ class Manager:
                       sandbox=name, distro=distro)
         return sandbox
 
+    def delete_sandbox(self, project_name: Any, name: Any) -> defer.Deferred:
+        try:
+            project, sandbox = self.get_sandbox(project_name, name)
+        except Exception:
+            return defer.fail()
+        return self._delete_sandbox(project, sandbox)
+
     @defer.inlineCallbacks
-    def delete_sandbox(self, project_name: Any, name: Any):
-        project, sandbox = self.get_sandbox(project_name, name)
+    def _delete_sandbox(self, project: Project, sandbox: Sandbox):
         self._claim("s", project.name, sandbox.name)
         try:
             previous = sandbox.state
@@ -278,15 +363,85 @@ class Manager:
 
     @defer.inlineCallbacks
     def _finish_delete(self, project: Project, sandbox: Sandbox):
+        yield self._halt(project, sandbox)
         yield self.host.rootfs.destroy(project.name, sandbox.name)
         project.sandboxes.pop(sandbox.name, None)
         yield self.store.save(project)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stop_sandbox(self, project_name: Any, name: Any):
+        project, sandbox = self.get_sandbox(project_name, name)
+        if sandbox.state == "stopped":
+            return sandbox
+        self._claim("s", project.name, sandbox.name)
+        try:
+            yield self._halt(project, sandbox)
+            sandbox.state = "stopped"
+            yield self.store.save(project)
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("sandbox {project}/{sandbox} stopped", project=project.name, sandbox=sandbox.name)
+        return sandbox
+
+    @defer.inlineCallbacks
+    def start_sandbox(self, project_name: Any, name: Any):
+        project, sandbox = self.get_sandbox(project_name, name)
+        if sandbox.state == "running" and self._alive(sandbox):
+            return sandbox
+        self._claim("s", project.name, sandbox.name)
+        try:
+            paths = self.host.rootfs.paths(project.name, sandbox.name)
+            if not self.host.rootfs.is_mounted(paths.rootfs):
+                yield self.host.rootfs.mount(project.name, sandbox.name, self._image_path(sandbox.distro))
+            self._clear_cgroup(project.name, sandbox.name)
+            runtime = yield self._boot(project, sandbox.name)
+            previous = (sandbox.state, sandbox.runtime)
+            sandbox.state, sandbox.runtime = "running", runtime
+            try:
+                yield self.store.save(project)
+            except BaseException:
+                sandbox.state, sandbox.runtime = previous
+                yield self._halt(project, Sandbox(sandbox.name, sandbox.distro, "", runtime=runtime))
+                raise
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("sandbox {project}/{sandbox} started", project=project.name, sandbox=sandbox.name)
+        return sandbox
+
+    def _running(self, project_name: Any, name: Any) -> tuple[Project, Sandbox]:
+        project, sandbox = self.get_sandbox(project_name, name)
+        if sandbox.state != "running" or not self._alive(sandbox):
+            raise Conflict(f"sandbox {project.name}/{sandbox.name} is not running; start it first")
+        return project, sandbox
+
+    @defer.inlineCallbacks
+    def exec(self, project_name: Any, name: Any, body: Any):
+        """Run a command in a running sandbox; see bolt.execs for the request's rules."""
+        request = parse_exec(body)
+        project, sandbox = self._running(project_name, name)
+        try:
+            result = yield self.host.runtime.exec(
+                sandbox.runtime["pid"], request.command,
+                cgroup_procs=self.host.cgroups.procs_files(project.name, sandbox.name),
+                env=request.env, cwd=request.cwd, stdin=request.stdin, timeout=request.timeout,
+                start_time=sandbox.runtime["start_time"])
+        except running.SandboxGone:
+            raise Conflict(f"sandbox {project.name}/{sandbox.name} is not running") from None
+        except running.ExecFailed as e:
+            raise InvalidInput(f"command could not be started: {e}") from None
+        self.log.info("exec in {project}/{sandbox}: exit {code} in {duration:.3f}s", project=project.name,
+                      sandbox=sandbox.name, code=result.exit_code, duration=result.duration)
+        return result.to_json()
 
     # -- views ---------------------------------------------------------------------------------
 
     def sandbox_json(self, project: Project, sandbox: Sandbox) -> dict[str, Any]:
         data = sandbox.to_json()
-        data.pop("runtime", None)
+        runtime = data.pop("runtime", {})
+        if sandbox.state == "running":
+            data["pid"] = runtime.get("pid")
         return {"project": project.name, **data}
 
     def project_json(self, project: Project) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from bolt import system, tls
 from bolt.admin import AdminAccount
 from bolt.api import BoltAPI
 from bolt.errors import ConfigError, StateError
+from bolt.host.cgroups import CgroupError, Cgroups
 from bolt.host.images import ImageStore
 from bolt.host.process import ReactorRunner
 from bolt.host.rootfs import RootFS
+from bolt.host.runtime import Runtime, become_subreaper
 from bolt.manager import Host, Manager
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
@@ -74,8 +76,15 @@ class BoltService(service.MultiService):
         self.manager = manager
         self.reactor = reactor
 
+    def privilegedStartService(self) -> None:
+        # twistd binds every listener here, before startService; ours must wait for reconciliation.
+        service.Service.privilegedStartService(self)
+
     def startService(self) -> None:
         service.Service.startService(self)
+        # A sandbox's pid 1 outlives the launcher that started it; as subreaper the server inherits
+        # it and can reap it when it stops, instead of leaving a zombie to the host's init.
+        become_subreaper()
         d = self.manager.start()
         d.addCallback(lambda _: [child.startService() for child in self])
         d.addErrback(self._failed)
@@ -109,7 +118,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         projects = store.load_all()
         cert, key = tls.ensure_certificate(os.path.dirname(options["config"]))
         context = tls.context_factory(cert, key)
-    except (ConfigError, StateError) as e:
+        cgroups = Cgroups.from_host(conf["cgroup_parent"])
+    except (ConfigError, StateError, CgroupError) as e:
         raise _fail(str(e)) from None
     except OSError as e:
         raise _fail(f"{e.filename or ''}: {e.strerror}") from None
@@ -125,6 +135,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                           include=conf["image_include"], mirror=conf["image_mirror"],
                           max_concurrent_builds=conf["max_concurrent_builds"]),
         rootfs=RootFS(os.path.join(data_dir, "sandboxes"), runner),
+        cgroups=cgroups,
+        runtime=Runtime(runner, reactor),
     )
     manager = Manager(store, projects, host=host, default_limits=conf["default_resource_limits"],
                       default_distro=conf["default_distro"], system=system.figures_source(data_dir),

@@ -253,3 +253,83 @@ class FakeRootFS:
         self.on_disk.discard((project, name))
         self.destroyed.append((project, name))
         return defer.succeed(None)
+
+
+class FakeCgroups:
+    """Project and sandbox cgroups as dicts; ``procs_files`` names files nobody opens."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, object] = {}
+        self.sandboxes: dict[str, set[str]] = {}
+        self.killed: list[tuple[str, str]] = []
+        self.refuse_limits: Exception | None = None
+
+    def ensure_project(self, project, limits):
+        self.projects[project] = limits
+        self.sandboxes.setdefault(project, set())
+
+    def set_limits(self, project, limits):
+        if self.refuse_limits is not None:
+            raise self.refuse_limits
+        self.projects[project] = limits
+
+    def remove_project(self, project):
+        self.projects.pop(project, None)
+        self.sandboxes.pop(project, None)
+
+    def ensure_sandbox(self, project, sandbox):
+        self.sandboxes.setdefault(project, set()).add(sandbox)
+
+    def procs_files(self, project, sandbox):
+        return [f"/fake/cgroup/{project}/{sandbox}/cgroup.procs"]
+
+    def kill_sandbox(self, project, sandbox):
+        self.killed.append((project, sandbox))
+
+    def remove_sandbox(self, project, sandbox):
+        self.sandboxes.get(project, set()).discard(sandbox)
+
+    def list_projects(self):
+        return sorted(self.sandboxes)
+
+    def list_sandboxes(self, project):
+        return sorted(self.sandboxes.get(project, ()))
+
+
+class FakeRuntime:
+    """pid 1s as a dict of live pids; execs answered from a queue of results."""
+
+    def __init__(self) -> None:
+        self.next_pid = 1000
+        self.live: dict[int, int] = {}
+        self.started: list[tuple[str, str, list[str]]] = []
+        self.stopped: list[int] = []
+        self.execs: list[dict] = []
+        self.exec_results: list = []
+        self.fail_start: Exception | None = None
+
+    def start(self, rootfs, hostname, cgroup_procs):
+        from bolt.host.runtime import SandboxProcess
+        if self.fail_start is not None:
+            error, self.fail_start = self.fail_start, None
+            return defer.fail(error)
+        self.next_pid += 1
+        self.live[self.next_pid] = 77
+        self.started.append((rootfs, hostname, list(cgroup_procs)))
+        return defer.succeed(SandboxProcess(self.next_pid, 77))
+
+    def alive(self, pid, start_time):
+        return self.live.get(pid) == start_time
+
+    def stop(self, pid, start_time, grace=5.0):
+        self.live.pop(pid, None)
+        self.stopped.append(pid)
+        return defer.succeed(None)
+
+    def exec(self, pid, argv, **kwargs):
+        from bolt.host.runtime import ExecResult
+        self.execs.append({"pid": pid, "argv": argv, **kwargs})
+        if self.exec_results:
+            outcome = self.exec_results.pop(0)
+            return defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
+        return defer.succeed(ExecResult(0, None, b"ok\n", b"", False, 0.01, False, False))

@@ -14,7 +14,7 @@ from bolt.api import BoltAPI
 from bolt.manager import Host, Manager
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
-from tests.fakes import FakeImages, FakeRootFS
+from tests.fakes import FakeCgroups, FakeImages, FakeRootFS, FakeRuntime
 
 #: scrypt cost for tests: fast, still the real algorithm.
 CHEAP = {"n": 2 ** 10, "r": 8, "p": 1}
@@ -42,7 +42,7 @@ class World:
         self.data_dir = os.path.join(self.dir, "data")
         self.config, _ = configuration.load(self.config_path, self.data_dir, initial_password=PASSWORD, cost=CHEAP)
         self.store = ProjectStore(os.path.join(self.data_dir, "projects"), inline)
-        self.host = Host(images=FakeImages(), rootfs=FakeRootFS())
+        self.host = Host(images=FakeImages(), rootfs=FakeRootFS(), cgroups=FakeCgroups(), runtime=FakeRuntime())
         self.manager = self.new_manager()
         self.admin = AdminAccount(self.config, inline, cost=CHEAP)
         self.api = BoltAPI(self.manager, self.admin, UpdateChecker(None, reactor=self.clock),

@@ -103,10 +103,16 @@ class Base(unittest.SynchronousTestCase):
     def mount_expect(self, project: str, name: str, lower: str | None = None) -> Expect:
         p = self.rootfs.paths(project, name)
         lower = lower or self.image
+
+        def mounted() -> None:
+            # The options are relative to the base directory; its "lower" link names the image.
+            self.assertEqual(os.readlink(os.path.join(p.base, "lower")), lower)
+            self.table.add(p.rootfs)
+
         return Expect(
             ["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={lower},upperdir={p.upper},workdir={p.work},index=off,metacopy=off", p.rootfs],
-            side_effect=lambda: self.table.add(p.rootfs))
+             "lowerdir=lower,upperdir=upper,workdir=work,index=off,metacopy=off", p.rootfs],
+            side_effect=mounted)
 
     def make(self, project: str = "proj", name: str = "box") -> SandboxPaths:
         self.runner.expect(self.mount_expect(project, name))
@@ -189,7 +195,7 @@ class CreateTests(Base):
         self.assertEqual(mode(paths.upper), 0o755)
         self.assertEqual(mode(paths.work), 0o750)
         self.assertEqual(mode(paths.rootfs), 0o750)
-        self.assertEqual(sorted(os.listdir(paths.base)), ["rootfs", "upper", "work"])
+        self.assertEqual(sorted(os.listdir(paths.base)), ["lower", "rootfs", "upper", "work"])
         self.assertEqual(os.listdir(paths.upper), [])
         mounted = [e for e in events if e["log_format"] == "sandbox rootfs {project}/{name} mounted"]
         self.assertEqual(len(mounted), 1)

@@ -118,7 +118,8 @@ class SandboxCore(unittest.TestCase):
 
     def test_start_remounts_and_removes_strays(self):
         self.successResultOf(self.manager.create_sandbox("proj", "keep"))
-        self.rootfs.mounted.clear()  # a reboot
+        self.rootfs.mounted.clear()  # a reboot: no mounts, no processes
+        self.world.host.runtime.live.clear()
         self.rootfs.mounted[("proj", "ghost")] = "/images/x"  # a create that crashed half-way
         self.rootfs.on_disk.add(("other", "orphan"))
         self.successResultOf(self.world.new_manager().start())
@@ -132,6 +133,97 @@ class SandboxCore(unittest.TestCase):
         self.successResultOf(self.manager.delete_image("debian:bookworm"))
         self.assertEqual(self.images.removed, ["debian:bookworm"])
         self.failureResultOf(self.manager.delete_image("debian:bookworm"), NotFound)
+
+
+class RuntimeCore(unittest.TestCase):
+    """Start, stop, exec, adoption and limits over the fake runtime and cgroups."""
+
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.manager = self.world.manager
+        self.runtime = self.world.host.runtime
+        self.cgroups = self.world.host.cgroups
+        self.successResultOf(self.manager.create_project("proj"))
+
+    def test_create_starts_pid_1_in_the_sandbox_cgroup(self):
+        sandbox = self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.assertEqual(self.runtime.started, [("/data/sandboxes/proj/box/rootfs", "box",
+                                                 ["/fake/cgroup/proj/box/cgroup.procs"])])
+        self.assertEqual(sandbox.runtime, {"pid": 1001, "start_time": 77})
+        self.assertIn("box", self.cgroups.sandboxes["proj"])
+        self.assertEqual(self.cgroups.projects["proj"].pids_max, 1024)
+
+    def test_start_failure_rolls_back_everything(self):
+        self.runtime.fail_start = RuntimeError("pivot_root: invalid argument")
+        self.failureResultOf(self.manager.create_sandbox("proj", "box"), RuntimeError)
+        self.assertEqual(self.world.host.rootfs.mounted, {})
+        self.assertEqual(self.cgroups.sandboxes["proj"], set())
+        self.assertEqual(self.manager.list_sandboxes("proj"), [])
+
+    def test_stop_then_start(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        stopped = self.successResultOf(self.manager.stop_sandbox("proj", "box"))
+        self.assertEqual((stopped.state, stopped.runtime), ("stopped", {}))
+        self.assertEqual(self.runtime.stopped, [1001])
+        self.assertEqual(self.cgroups.sandboxes["proj"], set())
+        self.failureResultOf(self.manager.exec("proj", "box", {"command": ["true"]}), Conflict)
+        started = self.successResultOf(self.manager.start_sandbox("proj", "box"))
+        self.assertEqual((started.state, started.runtime["pid"]), ("running", 1002))
+        restarted = self.world.new_manager()
+        self.assertEqual(restarted.get_sandbox("proj", "box")[1].runtime["pid"], 1002)
+
+    def test_exec_passes_the_request_through(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        result = self.successResultOf(self.manager.exec("proj", "box", {
+            "command": "echo hi", "timeout": 5, "stdin": "x", "env": {"A": "1"}, "cwd": "/tmp"}))
+        self.assertEqual(result["stdout"], "ok\n")
+        call = self.runtime.execs[0]
+        self.assertEqual((call["pid"], call["argv"], call["timeout"], call["stdin"], call["env"], call["cwd"]),
+                         (1001, "echo hi", 5.0, b"x", {"A": "1"}, "/tmp"))
+        self.assertEqual(call["cgroup_procs"], ["/fake/cgroup/proj/box/cgroup.procs"])
+
+    def test_bad_exec_requests(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        for body in [{}, {"command": []}, {"command": [""]}, {"command": "  "}, {"command": ["a\0b"]},
+                     {"command": "x", "timeout": 0}, {"command": "x", "timeout": 3601}, {"command": "x", "timeout": True},
+                     {"command": "x", "env": {"1A": "x"}}, {"command": "x", "cwd": "relative"},
+                     {"command": "x", "user": "root"}, {"command": 5}]:
+            self.failureResultOf(self.manager.exec("proj", "box", body), InvalidInput)
+        self.assertEqual(self.runtime.execs, [])
+
+    def test_restart_adopts_a_live_sandbox_and_reboots_a_dead_one(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "alive"))
+        self.successResultOf(self.manager.create_sandbox("proj", "dead"))
+        self.successResultOf(self.manager.create_sandbox("proj", "off"))
+        self.successResultOf(self.manager.stop_sandbox("proj", "off"))
+        del self.runtime.live[1002]  # "dead"'s pid 1 vanished (a reboot, an OOM kill)
+        self.runtime.started.clear()
+        restarted = self.world.new_manager()
+        self.successResultOf(restarted.start())
+        self.assertEqual([s[1] for s in self.runtime.started], ["dead"])
+        self.assertEqual(restarted.get_sandbox("proj", "alive")[1].runtime["pid"], 1001)
+        self.assertEqual(restarted.get_sandbox("proj", "off")[1].state, "stopped")
+        self.assertEqual(self.world.new_manager().get_sandbox("proj", "dead")[1].runtime["pid"], 1004)
+
+    def test_limits_apply_to_the_project_cgroup(self):
+        self.successResultOf(self.manager.set_limits("proj", {"cpu_quota_us": 20000, "pids_max": 64}))
+        limits = self.cgroups.projects["proj"]
+        self.assertEqual((limits.cpu_quota_us, limits.memory_limit_bytes, limits.pids_max), (20000, 536870912, 64))
+
+    def test_limits_the_kernel_refuses_change_nothing(self):
+        from bolt.host.cgroups import CgroupError
+        self.cgroups.refuse_limits = CgroupError("memory.limit_in_bytes: EBUSY")
+        self.failureResultOf(self.manager.set_limits("proj", {"memory_limit_bytes": 16 * 1024 * 1024}), Conflict)
+        self.assertEqual(self.manager.get_project("proj").resource_limits.memory_limit_bytes, 536870912)
+
+    def test_stray_cgroups_are_removed_at_start(self):
+        self.cgroups.ensure_project("ghost", None)
+        self.cgroups.ensure_sandbox("ghost", "box")
+        self.cgroups.ensure_sandbox("proj", "orphan")
+        self.successResultOf(self.world.new_manager().start())
+        self.assertNotIn("ghost", self.cgroups.sandboxes)
+        self.assertEqual(self.cgroups.sandboxes["proj"], set())
+        self.assertEqual(sorted(self.cgroups.killed), [("ghost", "box"), ("proj", "orphan")])
 
 
 class SandboxRoutes(unittest.TestCase):
@@ -152,7 +244,7 @@ class SandboxRoutes(unittest.TestCase):
         self.assertEqual(code, 201)
         self.assertEqual(created, {"project": "project1", "name": "sandbox1", "distro": "debian:bookworm",
                                    "created_at": created["created_at"], "state": "running",
-                                   "port_mappings": {}, "reverse_port_mappings": {}})
+                                   "port_mappings": {}, "reverse_port_mappings": {}, "pid": 1001})
         code, listed = yield self.call("GET", "/api/projects/project1/sandboxes")
         self.assertEqual((code, listed), (200, [created]))
         code, one = yield self.call("GET", "/api/projects/project1/sandboxes/sandbox1")

@@ -12,6 +12,7 @@ On-disk layout (``sandboxes_dir`` is resolved with ``realpath`` once, so paths m
           upper/                        0755  overlay upperdir: the sandbox's own changes (and whiteouts)
           work/                         0750  overlay workdir (the kernel keeps a mode-000 work/work in it)
           rootfs/                       0750  mount point of the merged tree: the sandbox's /
+          lower -> <image>                      symlink to the base image; the overlay's lowerdir
 
 Modes: the base directory is 0750 root-owned, so no unprivileged host user can reach a sandbox's files
 (in ``upper/`` or through ``rootfs/``).  ``upper/`` is 0755 because the root directory of the merged tree
@@ -19,7 +20,8 @@ takes its owner and mode from the upper directory: the sandbox's ``/`` must look
 (root:root 0755).  The ``rootfs/`` mount point itself can stay 0750: once mounted, its own inode is hidden
 under the overlay's root and nothing ever sees its mode.
 
-Mount options are ``lowerdir=...,upperdir=...,workdir=...,index=off,metacopy=off``.  The two pinned
+Mount options are ``lowerdir=lower,upperdir=upper,workdir=work,index=off,metacopy=off``, relative to
+the base directory where ``mount`` runs, so no host path shows in the sandbox's own mountinfo.  The two pinned
 features would otherwise follow the host kernel's build options and module parameters, and both make
 the upper directory depend on the exact lower one: ``index=on`` records the lower root's file handle and
 refuses the next mount once the image was rebuilt or restored (a sandbox that no longer mounts after a
@@ -64,6 +66,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 UPPER = "upper"
 WORK = "work"
+LOWER = "lower"
 ROOTFS = "rootfs"
 
 #: Mode of every directory Bolt creates here, except the upper directory.
@@ -84,6 +87,21 @@ _ESCAPE_RE = re.compile(rb"\\([0-3][0-7]{2})")
 
 #: What the injected ``threads`` callable looks like: ``deferToThread``'s signature.
 ThreadRunner = Callable[..., "defer.Deferred[Any]"]
+
+
+def _link_lower(base_fd: int, lower: str) -> None:
+    """Point ``<base>/lower`` at the image (replacing an older link atomically).
+
+    The base directory is not reachable from inside the sandbox, so the link is Bolt's own; the
+    kernel resolves it once, at mount time.
+    """
+    tmp = LOWER + ".new"
+    try:
+        os.unlink(tmp, dir_fd=base_fd)
+    except FileNotFoundError:
+        pass
+    os.symlink(lower, tmp, dir_fd=base_fd)
+    os.replace(tmp, LOWER, src_dir_fd=base_fd, dst_dir_fd=base_fd)
 
 
 class RootFSError(Exception):
@@ -408,7 +426,10 @@ class RootFS:
         if _is_at_or_below(lower, self.sandboxes_dir) or _is_at_or_below(self.sandboxes_dir, lower):
             # Anything below the sandboxes directory is sandbox-controlled: never an image.
             raise UnsafePathError(f"image {lower!r} overlaps the sandboxes directory {self.sandboxes_dir!r}")
-        options = f"lowerdir={lower},upperdir={paths.upper},workdir={paths.work},{EXTRA_OPTIONS}"
+        # Relative to the sandbox's base directory (the mount runs there): overlayfs shows its options
+        # verbatim in /proc/self/mountinfo, inside the sandbox too, and host paths are none of its
+        # business.  ``lower`` is a symlink in the base directory to the image (see _link_lower).
+        options = f"lowerdir={LOWER},upperdir={UPPER},workdir={WORK},{EXTRA_OPTIONS}"
         if len(options.encode()) > MAX_OPTIONS:
             raise UnsafePathError("paths too long for one overlay mount")
         return options
@@ -416,7 +437,7 @@ class RootFS:
     async def _mount(self, paths: SandboxPaths, options: str) -> None:
         argv = ["mount", "-t", "overlay", "overlay", "-o", options, paths.rootfs]
         try:
-            await self._runner.run(argv)
+            await self._runner.run(argv, path=paths.base)
         except ProcessFailed as exc:
             raise RootFSError(f"mounting the overlay at {paths.rootfs} failed: {exc}") from exc
 
@@ -531,6 +552,7 @@ class RootFS:
                 for sub, mode in ((UPPER, UPPER_MODE), (WORK, DIR_MODE), (ROOTFS, DIR_MODE)):
                     fd, _ = safefs.make_dir(bfd, sub, mode)
                     os.close(fd)
+                _link_lower(bfd, lower)
             finally:
                 os.close(bfd)
         except BaseException as exc:
@@ -561,6 +583,7 @@ class RootFS:
                 fds.append(fd)
                 if created:
                     recreated.append(os.path.join(paths.base, sub))
+            _link_lower(fds[2], lower)
         except OSError as exc:
             raise RootFSError(f"sandbox directory {paths.base} is incomplete: {exc}") from exc
         finally:

@@ -132,7 +132,8 @@ class RealRootFSTests(unittest.TestCase):
         self.assertEqual(mounts_below(self.sandboxes), [p.rootfs])
         (entry,) = [e for e in self.rootfs.mounts() if e.mount_point == p.rootfs]
         self.assertEqual(entry.fstype, "overlay")
-        self.assertIn(f"upperdir={p.upper}", entry.super_options)
+        self.assertIn("lowerdir=lower,upperdir=upper,workdir=work", entry.super_options)
+        self.assertNotIn(self.top, entry.super_options)  # no host path for the sandbox to read
 
         # The image shows through; the sandbox's / looks like a normal root directory.
         self.assertEqual(self.read(os.path.join(p.rootfs, "etc", "hostname")), b"image\n")

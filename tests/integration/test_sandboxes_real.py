@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -25,6 +27,20 @@ def overlay_at(path: str) -> str | None:
         if point == path and fstype == "overlay":
             return options
     return None
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` is gone or a zombie (whoever reaps it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} still running")
 
 
 class SandboxLifecycle(unittest.TestCase):
@@ -56,7 +72,8 @@ class SandboxLifecycle(unittest.TestCase):
         self.assertEqual((body["name"], body["distro"], body["state"]), ("box", "debian:bookworm", "running"))
         options = overlay_at(self.rootfs("box"))
         self.assertIsNotNone(options, "no overlay mounted at the sandbox's rootfs")
-        self.assertIn(f"lowerdir={self.image}", options)
+        self.assertIn("lowerdir=lower,upperdir=upper,workdir=work", options)
+        self.assertEqual(os.readlink(os.path.join(os.path.dirname(self.rootfs("box")), "lower")), self.image)
         with open(os.path.join(self.rootfs("box"), "etc", "debian_version")) as f:
             self.assertTrue(f.read().startswith("12"))
         # Writes land in the sandbox's own upper layer, never in the shared image.
@@ -92,11 +109,15 @@ class SandboxLifecycle(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.server.data_dir, "sandboxes", "proj", "evil")))
 
     def test_restart_remounts_stored_sandboxes_and_removes_strays(self):
-        self.assertEqual(self.server.api("POST", "/api/projects/proj/sandboxes", {"name": "keep"})[0], 201)
+        code, keep = self.server.api("POST", "/api/projects/proj/sandboxes", {"name": "keep"})
+        self.assertEqual(code, 201)
         with open(os.path.join(self.rootfs("keep"), "root", "kept"), "w") as f:
             f.write("still here")
         self.server.kill()
-        subprocess.run(["umount", self.rootfs("keep")], check=True)  # as after a reboot
+        # As after a reboot: the sandbox's processes and the host's mount are gone.
+        os.kill(keep["pid"], signal.SIGKILL)
+        wait_gone(keep["pid"])
+        subprocess.run(["umount", self.rootfs("keep")], check=True)
         # What a create interrupted by a crash could leave: a mounted overlay nobody stored.
         ghost = os.path.join(self.server.data_dir, "sandboxes", "proj", "ghost")
         for sub in ("upper", "work", "rootfs"):
@@ -108,7 +129,10 @@ class SandboxLifecycle(unittest.TestCase):
         self.assertIsNotNone(overlay_at(self.rootfs("keep")))
         with open(os.path.join(self.rootfs("keep"), "root", "kept")) as f:
             self.assertEqual(f.read(), "still here")
-        self.assertIsNone(overlay_at(f"{ghost}/rootfs"))
+        self.assertIsNone(overlay_at(f"{ghost}/rootfs"), self.server.log()[-3000:])
+        code, again = self.server.api("GET", "/api/projects/proj/sandboxes/keep")
+        self.assertEqual(again["state"], "running")
+        self.assertNotEqual(again["pid"], keep["pid"])  # started again: its pid 1 was gone
         self.assertFalse(os.path.exists(ghost))
         code, listed = self.server.api("GET", "/api/projects/proj/sandboxes")
         self.assertEqual([s["name"] for s in listed], ["keep"])
