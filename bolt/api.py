@@ -299,6 +299,11 @@ class BoltAPI:
         result = yield self.manager.exec(project, name, read_json(request))
         return _json(request, 200, result)
 
+    @app.route("/api/projects/<project>/sandboxes/<name>/shell", methods=["POST"])
+    @authorized
+    def shell(self, request, project, name):
+        return _json(request, 200, self.manager.open_shell(project, name))
+
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
     unknown = sorted(set(body) - allowed)

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bolt import __version__
-from bolt.errors import Conflict, InvalidInput, NotFound, UpstreamFailed
+from bolt.errors import Conflict, InvalidInput, NotFound, Unavailable, UpstreamFailed
 from bolt.execs import parse_exec
 from bolt.host import cgroups as cgrouping
 from bolt.host import images as imaging
@@ -27,6 +27,7 @@ from bolt.host import runtime as running
 from bolt.limits import validate_limits
 from bolt.model import Project, ResourceLimits, Sandbox, utc_now_iso, validate_name
 from bolt.rollback import Rollback
+from bolt.shells import ShellTickets, Ticket
 from bolt.store import ProjectStore
 
 SystemFigures = Callable[[], defer.Deferred]
@@ -51,7 +52,7 @@ class Manager:
 
     def __init__(self, store: ProjectStore, projects: dict[str, Project], *, host: Host,
                  default_limits: ResourceLimits, default_distro: str, system: SystemFigures,
-                 reactor=None) -> None:
+                 shells: ShellTickets | None = None, reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -61,6 +62,9 @@ class Manager:
         self.default_limits = default_limits
         self.default_distro = default_distro
         self.system = system
+        self.shells = shells or ShellTickets(self.reactor, frozenset(range(20001, 25001)), 3600)
+        #: Opens a listener for a shell ticket (set by the shell face; see bolt.shell.gateway).
+        self.shell_listen: Callable[[int, Ticket], Callable[[], object]] | None = None
         # Names with an operation in flight: ("p", project) or ("s", project, sandbox).
         self._busy: set[tuple[str, ...]] = set()
 
@@ -159,6 +163,7 @@ class Manager:
     @defer.inlineCallbacks
     def _halt(self, project: Project, sandbox: Sandbox):
         """Stop every process of a sandbox (SIGTERM, then SIGKILL after a grace period)."""
+        self.shells.revoke(project.name, sandbox.name)
         rt = sandbox.runtime
         if rt:
             yield self.host.runtime.stop(rt["pid"], rt["start_time"])
@@ -173,6 +178,7 @@ class Manager:
 
     @defer.inlineCallbacks
     def stop(self):
+        self.shells.close_all()
         yield self.host.images.stop()
 
     # -- projects ------------------------------------------------------------------------------
@@ -434,6 +440,54 @@ class Manager:
         self.log.info("exec in {project}/{sandbox}: exit {code} in {duration:.3f}s", project=project.name,
                       sandbox=sandbox.name, code=result.exit_code, duration=result.duration)
         return result.to_json()
+
+    # -- shells ----------------------------------------------------------------------------------
+
+    def open_shell(self, project_name: Any, name: Any) -> dict[str, Any]:
+        """A one-shot token and the port to present it on (see bolt.shells)."""
+        project, sandbox = self._running(project_name, name)
+        if self.shell_listen is None:
+            raise Unavailable("the shell service is not running")
+        token, ticket = self.shells.issue(project.name, sandbox.name, self.shell_listen)
+        return {"port": ticket.port, "token": token, "expires_at": utc_now_iso(ticket.expires_at),
+                "expires_in": int(ticket.expires_at - self.reactor.seconds())}
+
+    def redeem_shell(self, port: int, token: str) -> Ticket | None:
+        return self.shells.redeem(port, token)
+
+    def attach_shell(self, ticket: Ticket, term: str, rows: int, columns: int, client: str) -> defer.Deferred:
+        """A terminal with a login shell in the ticket's sandbox (bash if it has one, else sh)."""
+        project, sandbox = self._running(ticket.project, ticket.sandbox)
+        self.shells.session_open(ticket.key)
+        command = ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"]
+        try:
+            d = self.host.runtime.open_terminal(
+                sandbox.runtime["pid"], command,
+                cgroup_procs=self.host.cgroups.procs_files(project.name, sandbox.name),
+                env={"TERM": term, "HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash"},
+                start_time=sandbox.runtime["start_time"], rows=rows, columns=columns)
+        except BaseException:
+            self.shells.session_close(ticket.key)
+            raise
+
+        def opened(terminal):
+            self.log.info("shell session opened in {project}/{sandbox} for {client}", project=project.name,
+                          sandbox=sandbox.name, client=client)
+            return terminal
+
+        def failed(failure):
+            self.shells.session_close(ticket.key)
+            if failure.check(Exception) and getattr(failure.value, "kind", "") == "gone":
+                raise Conflict(f"sandbox {project.name}/{sandbox.name} is not running")
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    def shell_closed(self, ticket: Ticket, client: str, bytes_in: int, bytes_out: int) -> None:
+        self.shells.session_close(ticket.key)
+        self.log.info("shell session closed in {project}/{sandbox} for {client}: {bytes_in} bytes in, "
+                      "{bytes_out} bytes out", project=ticket.project, sandbox=ticket.sandbox, client=client,
+                      bytes_in=bytes_in, bytes_out=bytes_out)
 
     # -- views ---------------------------------------------------------------------------------
 

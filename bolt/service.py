@@ -30,6 +30,8 @@ from bolt.host.process import ReactorRunner
 from bolt.host.rootfs import RootFS
 from bolt.host.runtime import Runtime, become_subreaper
 from bolt.manager import Host, Manager
+from bolt.shell.gateway import ShellGateway
+from bolt.shells import ShellTickets
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
 from bolt.web import AccessLoggingSite
@@ -138,9 +140,15 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         cgroups=cgroups,
         runtime=Runtime(runner, reactor),
     )
+    shells = ShellTickets(reactor, conf["shell_port_range"], conf["shell_token_expiry"],
+                          max_sessions=conf["max_shell_sessions"],
+                          max_per_sandbox=conf["max_shell_sessions_per_sandbox"])
     manager = Manager(store, projects, host=host, default_limits=conf["default_resource_limits"],
                       default_distro=conf["default_distro"], system=system.figures_source(data_dir),
-                      reactor=reactor)
+                      shells=shells, reactor=reactor)
+    gateway = ShellGateway(manager, reactor, conf["shell_host"] or options["host"],
+                           context if conf["shell_tls"] else None)
+    manager.shell_listen = gateway.listen
     api = BoltAPI(manager, AdminAccount(conf), UpdateChecker(conf["update_url"], reactor=reactor),
                   reactor=reactor)
     top = BoltService(manager, reactor)

@@ -627,6 +627,15 @@ class Runtime:
         self.reactor.callLater(0, poll)
         return done
 
+    # --- terminals ---
+
+    def open_terminal(self, pid: int, command: Sequence[str], *, cgroup_procs: Sequence[str],
+                      env: Mapping[str, str] | None, start_time: int | None, rows: int, columns: int):
+        """A new PTY inside the sandbox running ``command``; see :mod:`bolt.host.terminal`."""
+        from bolt.host.terminal import open_terminal
+        return open_terminal(self.reactor, self.binary, pid, command, cgroup_procs=cgroup_procs, env=env,
+                             start_time=start_time, rows=rows, columns=columns)
+
     # --- commands ---
 
     def exec(self, pid: int, argv: Sequence[str] | str, *, cgroup_procs: Sequence[str],

@@ -3,7 +3,8 @@
  *
  *   bolt-sandbox init  --rootfs DIR --hostname NAME [--cgroup-procs FILE]...
  *   bolt-sandbox enter --pid PID [--start-time TICKS] [--cgroup-procs FILE]... [--cwd DIR]
- *                      [--setsid] [--env-fd FD] [--status-fd FD] -- ARGV...
+ *                      [--setsid] [--env-fd FD] [--status-fd FD]
+ *                      [--pty-fd FD [--winsize ROWS,COLS]] -- ARGV...
  *
  * init: joins the given cgroups, unshares mount, UTS, IPC, network, cgroup and pid namespaces and
  * forks the sandbox's pid 1.  pid 1 builds the sandbox's view of the world (private mounts, /proc,
@@ -108,7 +109,8 @@ static void usage(void)
     fprintf(stderr,
             "usage: " PROG " init --rootfs DIR --hostname NAME [--cgroup-procs FILE]...\n"
             "       " PROG " enter --pid PID [--start-time TICKS] [--cgroup-procs FILE]... [--cwd DIR]\n"
-            "                    [--setsid] [--env-fd FD] [--status-fd FD] -- ARGV...\n");
+            "                    [--setsid] [--env-fd FD] [--status-fd FD]\n"
+            "                    [--pty-fd FD [--winsize ROWS,COLS]] -- ARGV...\n");
     exit(2);
 }
 
@@ -850,6 +852,58 @@ static int read_start_time(int dirfd, unsigned long long *out)
 
 static volatile sig_atomic_t child_pid = -1;
 
+/*
+ * --pty-fd: a terminal from the sandbox's own devpts instance.  After setns(mnt), /dev/ptmx is the
+ * sandbox's, so the pair belongs to the sandbox (its slave has a name there and `tty` works), never
+ * to the host's devpts, whose other terminals a sandbox must not reach.  The slave is opened through
+ * TIOCGPTPEER (no path lookup in a directory the sandbox controls); the master goes back to the
+ * server over the unix socket FD with SCM_RIGHTS, and the command gets the slave as stdin, stdout,
+ * stderr and controlling terminal.
+ */
+static int open_sandbox_pty(int sock, unsigned short rows, unsigned short cols)
+{
+    int master, slave, unlock = 0;
+    char byte = 'P';
+    struct iovec iov = {&byte, 1};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    struct msghdr msg;
+    struct cmsghdr *cmsg;
+
+    master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        enter_failed("setup", "open the sandbox's /dev/ptmx");
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
+        enter_failed("setup", "unlock the terminal");
+    slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        enter_failed("setup", "open the terminal's slave");
+    if (rows > 0 && cols > 0) {
+        struct winsize ws = {rows, cols, 0, 0};
+        if (ioctl(master, TIOCSWINSZ, &ws) < 0)
+            enter_failed("setup", "set the window size");
+    }
+    memset(&control, 0, sizeof control);
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &master, sizeof(int));
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            enter_failed("setup", "hand the terminal to the server");
+    close(master);
+    close(sock);
+    return slave;
+}
+
 static void forward_signal(int sig)
 {
     if (child_pid > 0)
@@ -858,7 +912,9 @@ static void forward_signal(int sig)
 
 static int cmd_enter(int argc, char **argv)
 {
-    long long target = -1, start_time = -1, env_fd = -1, sfd = -1;
+    long long target = -1, start_time = -1, env_fd = -1, sfd = -1, pty_fd = -1;
+    long long rows = 0, cols = 0;
+    int slave = -1;
     const char *cwd = "/";
     const char *cgroups[MAX_CGROUPS];
     int ncgroups = 0, want_setsid = 0, i;
@@ -902,6 +958,16 @@ static int cmd_enter(int argc, char **argv)
                 usage();
         } else if (strcmp(argv[i], "--status-fd") == 0 && i + 1 < argc) {
             if (parse_int(argv[++i], 3, INT_MAX, &sfd) < 0)
+                usage();
+        } else if (strcmp(argv[i], "--pty-fd") == 0 && i + 1 < argc) {
+            if (parse_int(argv[++i], 3, INT_MAX, &pty_fd) < 0)
+                usage();
+        } else if (strcmp(argv[i], "--winsize") == 0 && i + 1 < argc) {
+            char *comma = strchr(argv[++i], ',');
+            if (comma == NULL)
+                usage();
+            *comma = '\0';
+            if (parse_int(argv[i], 1, 10000, &rows) < 0 || parse_int(comma + 1, 1, 10000, &cols) < 0)
                 usage();
         } else
             usage();
@@ -965,6 +1031,10 @@ static int cmd_enter(int argc, char **argv)
     /* No sandbox process may open /proc/<pid>/exe (this binary, on the host) or our memory. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         enter_failed("setup", "set non-dumpable");
+    if (pty_fd >= 0) {
+        want_setsid = 1; /* a terminal needs a session of its own to be its controlling terminal */
+        slave = open_sandbox_pty((int)pty_fd, (unsigned short)rows, (unsigned short)cols);
+    }
 
     sigemptyset(&forwarded);
     sigaddset(&forwarded, SIGTERM);
@@ -988,6 +1058,11 @@ static int cmd_enter(int argc, char **argv)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
 
+        if (slave >= 0) {
+            if (dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0)
+                enter_failed("setup", "attach the terminal");
+            close(slave);
+        }
         if (want_setsid) {
             if (setsid() < 0)
                 enter_failed("setup", "setsid");
@@ -1016,6 +1091,8 @@ static int cmd_enter(int argc, char **argv)
         close(status_fd);
         status_fd = -1;
     }
+    if (slave >= 0)
+        close(slave); /* only the command holds the terminal: its exit hangs up the master */
     child_pid = pid;
     {
         struct sigaction sa;
