@@ -18,7 +18,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from bolt import errors
+from bolt import errors, openapi
 from bolt.admin import AdminAccount
 from bolt.manager import Manager
 from bolt.throttle import Throttle
@@ -170,6 +170,11 @@ class BoltAPI:
     def status(self, request):
         body = yield self.manager.status()
         return _json(request, 200, body)
+
+    @app.route("/api/openapi.json", methods=["GET"])
+    @authorized
+    def openapi(self, request):
+        return _json(request, 200, openapi.document())
 
     @app.route("/api/update", methods=["GET"])
     @authorized
