@@ -178,8 +178,11 @@ class Manager:
 
     @defer.inlineCallbacks
     def stop(self):
+        """Server shutdown: sandboxes keep running (they are adopted at the next start)."""
         self.shells.close_all()
         yield self.host.images.stop()
+        if not self.projects:
+            self.host.cgroups.remove_root()  # nothing of ours left in the cgroup tree
 
     # -- projects ------------------------------------------------------------------------------
 

@@ -295,6 +295,9 @@ class FakeCgroups:
     def list_sandboxes(self, project):
         return sorted(self.sandboxes.get(project, ()))
 
+    def remove_root(self):
+        self.root_removed = not self.sandboxes
+
 
 class FakeRuntime:
     """pid 1s as a dict of live pids; execs answered from a queue of results."""

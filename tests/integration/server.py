@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,11 +31,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_dirs(parent: str) -> list[str]:
+    """Every directory of the cgroup tree ``parent`` in every hierarchy, deepest first."""
+    found = []
+    tops = [os.path.join(CGROUP_ROOT, parent)]
+    if os.path.isdir(CGROUP_ROOT):
+        tops += [os.path.join(CGROUP_ROOT, h, parent) for h in os.listdir(CGROUP_ROOT)]
+    for top in tops:
+        if os.path.isdir(top) and not os.path.islink(top):
+            for dirpath, _, _ in os.walk(top):
+                found.append(dirpath)
+    return sorted(set(found), key=lambda p: -p.count("/"))
+
+
+def remove_cgroup_tree(parent: str) -> None:
+    """SIGKILL every process in the cgroup tree ``parent`` and remove its directories."""
+    for _ in range(100):
+        pids = set()
+        for directory in _cgroup_dirs(parent):
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids.update(int(line) for line in f if line.strip())
+            except OSError:
+                pass
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    for directory in _cgroup_dirs(parent):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
+def unmount_below(top: str) -> None:
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in reversed(points):
+        point = point.replace("\\040", " ")
+        if point == top or point.startswith(top.rstrip("/") + "/"):
+            subprocess.run(["umount", "--lazy", point], check=False, stderr=subprocess.DEVNULL)
+
+
 class RealServer:
     """One bolt server process; ``start``/``kill``/``stop`` it, talk to it with :meth:`api` or :meth:`curl`."""
 
     def __init__(self, root: str | None = None, *, env: dict[str, str] | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, with_password: bool = True) -> None:
         self.root = root or tempfile.mkdtemp(prefix="bolt-e2e-")
         self.config_path = os.path.join(self.root, "etc", "config.json")
         self.data_dir = os.path.join(self.root, "data")
@@ -43,14 +94,22 @@ class RealServer:
         self.password = PASSWORD
         self.env = dict(os.environ, BOLT_ADMIN_PASSWORD=PASSWORD, **(env or {}))
         self.process: subprocess.Popen | None = None
-        if config:
-            self.write_config(config)
+        # Every test server gets cgroups of its own, so no server ever reconciles another's away.
+        self.cgroup_parent = (config or {}).get("cgroup_parent") or f"bolt-t{secrets.token_hex(4)}"
+        changes = {"cgroup_parent": self.cgroup_parent, **(config or {})}
+        if with_password:
+            self.write_config(changes)
+        else:  # the server fills in the rest, and generates a password, at its first start
+            os.makedirs(os.path.dirname(self.config_path), mode=0o750)
+            with open(self.config_path, "w") as f:
+                json.dump(changes, f)
+            os.chmod(self.config_path, 0o600)
 
     def write_config(self, changes: dict[str, Any]) -> None:
-        """Merge ``changes`` into the config file (creating it the way the server would, first)."""
+        """Merge ``changes`` into the config file, creating it first as the server would."""
         if not os.path.exists(self.config_path):
-            self.start()
-            self.stop()
+            from bolt import config as configuration
+            configuration.load(self.config_path, self.data_dir, initial_password=self.password)
         with open(self.config_path) as f:
             current = json.load(f)
         current.update(changes)
@@ -100,7 +159,17 @@ class RealServer:
             self.process.stdout.close()
 
     def cleanup(self) -> None:
+        """Leave the host as it was: sandboxes outlive a killed server by design, so end them too."""
+        if self.process and self.process.poll() is None:
+            try:
+                code, projects = self.api("GET", "/api/projects", timeout=30)
+                for project in projects if code == 200 else []:
+                    self.api("DELETE", f"/api/projects/{project['name']}?force=1", timeout=120)
+            except Exception:
+                pass
         self.kill()
+        remove_cgroup_tree(self.cgroup_parent)
+        unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self) -> str:

@@ -126,10 +126,10 @@ class ServerTests(unittest.SynchronousTestCase):
         self.assertEqual(s.api("GET", "/api/status")[0], 401)
 
     def test_generated_password_is_logged_once_and_works(self):
-        env = dict(self.server.env)
-        del env["BOLT_ADMIN_PASSWORD"]
-        self.server.env = env
-        s = self.server.start()
+        s = RealServer(with_password=False)
+        self.addCleanup(s.cleanup)
+        del s.env["BOLT_ADMIN_PASSWORD"]
+        s.start()
         found = re.findall(r"Log in as 'admin' with:\s*\n\s*(\S+)", s.log())
         self.assertEqual(len(found), 1, s.log())
         s.password = found[0]
@@ -196,7 +196,6 @@ class StartupRefusals(unittest.SynchronousTestCase):
         self.assertIn(self.server.config_path, output)
 
     def test_invalid_json_config(self):
-        os.makedirs(os.path.dirname(self.server.config_path))
         with open(self.server.config_path, "w") as f:
             f.write("{not json")
         result = self.run_server()
