@@ -12,7 +12,7 @@ TESTS       ?= tests
 
 # Debian package names; installed only when missing.
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev debootstrap iptables iproute2 \
-                util-linux mount procps openssl ca-certificates curl telnet socat netcat-openbsd
+                util-linux mount procps openssl ca-certificates curl telnet socat netcat-openbsd busybox-static
 
 HELPER  := bolt/host/native/bolt-sandbox
 SOURCES := setup.py $(shell find bolt twisted -name '*.py' -o -name '*.c' 2>/dev/null)

@@ -309,6 +309,34 @@ class BoltAPI:
     def shell(self, request, project, name):
         return _json(request, 200, self.manager.open_shell(project, name))
 
+    @app.route("/api/projects/<project>/sandboxes/<name>/ports", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def add_forward(self, request, project, name):
+        result = yield shield(self.manager.add_forward(project, name, read_json(request)))
+        return _json(request, 200, result)
+
+    @app.route("/api/projects/<project>/sandboxes/<name>/ports/<host_port>", methods=["DELETE"])
+    @authorized
+    @defer.inlineCallbacks
+    def remove_forward(self, request, project, name, host_port):
+        result = yield shield(self.manager.remove_forward(project, name, host_port))
+        return _json(request, 200, result)
+
+    @app.route("/api/projects/<project>/sandboxes/<name>/reverse_ports", methods=["POST"])
+    @authorized
+    @defer.inlineCallbacks
+    def add_reverse_forward(self, request, project, name):
+        result = yield shield(self.manager.add_reverse_forward(project, name, read_json(request)))
+        return _json(request, 200, result)
+
+    @app.route("/api/projects/<project>/sandboxes/<name>/reverse_ports/<container_port>", methods=["DELETE"])
+    @authorized
+    @defer.inlineCallbacks
+    def remove_reverse_forward(self, request, project, name, container_port):
+        result = yield shield(self.manager.remove_reverse_forward(project, name, container_port))
+        return _json(request, 200, result)
+
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
     unknown = sorted(set(body) - allowed)

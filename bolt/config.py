@@ -111,6 +111,12 @@ def _network(value: Any) -> str:
     return str(net)
 
 
+def _optional_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _str(r"[a-z0-9][a-z0-9_-]{0,62}", "must be a name of a-z, 0-9, '-', '_', or null")(value)
+
+
 def _host(value: Any) -> str | None:
     if value is None:
         return None
@@ -148,7 +154,8 @@ SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "shell_host": (None, _host),
     "shell_tls": (False, _bool),
     "max_shell_sessions": (500, _int(1, 100000)),
-    "cgroup_parent": ("bolt", _str(r"[a-z0-9][a-z0-9_-]{0,62}", "must be a name of a-z, 0-9, '-', '_'")),
+    "instance_name": ("bolt", _str(r"[a-z][a-z0-9]{0,6}", "must be 1-7 characters of a-z and 0-9, starting with a letter")),
+    "cgroup_parent": (None, _optional_name),
     "max_shell_sessions_per_sandbox": (20, _int(1, 10000)),
 }
 
@@ -197,6 +204,10 @@ def validate(raw: Any, path: str) -> dict[str, Any]:
             values[key] = parse(raw[key])
         except _Bad as e:
             raise ConfigError(f"{path}: key {key!r}: {e}") from None
+    overlap = values["allowed_ports"] & values["shell_port_range"]
+    if overlap:
+        raise ConfigError(f"{path}: key 'allowed_ports' overlaps 'shell_port_range' (e.g. port {min(overlap)}); "
+                          "a forward could take over a shell listener")
     return values
 
 

@@ -24,6 +24,7 @@ from bolt.execs import parse_exec
 from bolt.host import cgroups as cgrouping
 from bolt.host import images as imaging
 from bolt.host import runtime as running
+from bolt.netplan import AddressPool, Forward, PoolExhausted, ReverseForward, SandboxNet, link_id
 from bolt.limits import validate_limits
 from bolt.model import Project, ResourceLimits, Sandbox, utc_now_iso, validate_name
 from bolt.rollback import Rollback
@@ -41,6 +42,9 @@ class Host:
     rootfs: Any
     cgroups: Any
     runtime: Any
+    network: Any
+    firewall: Any
+    port_busy: Callable[[int], bool] = lambda port: False
 
 
 def _cgroup_limits(limits: ResourceLimits) -> cgrouping.Limits:
@@ -52,7 +56,8 @@ class Manager:
 
     def __init__(self, store: ProjectStore, projects: dict[str, Project], *, host: Host,
                  default_limits: ResourceLimits, default_distro: str, system: SystemFigures,
-                 shells: ShellTickets | None = None, reactor=None) -> None:
+                 shells: ShellTickets | None = None, allowed_ports: frozenset[int] = frozenset(range(10000, 20000)),
+                 reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -62,6 +67,12 @@ class Manager:
         self.default_limits = default_limits
         self.default_distro = default_distro
         self.system = system
+        self.allowed_ports = allowed_ports
+        self.pool: AddressPool = host.network.pool
+        for project in projects.values():
+            for sandbox in project.sandboxes.values():
+                if sandbox.network.get("address") and not self.pool.is_allocated(sandbox.network["address"]):
+                    self.pool.claim(sandbox.network["address"])
         self.shells = shells or ShellTickets(self.reactor, frozenset(range(20001, 25001)), 3600)
         #: Opens a listener for a shell ticket (set by the shell face; see bolt.shell.gateway).
         self.shell_listen: Callable[[int, Ticket], Callable[[], object]] | None = None
@@ -83,12 +94,22 @@ class Manager:
     def start(self):
         """Bring the host in line with the stored state (after a crash, a reboot, a restart)."""
         yield self.host.images.recover()
-        known: set[tuple[str, str]] = set()
+        yield self.host.network.setup()
         for project in self.list_projects():
             for sandbox in list(project.sandboxes.values()):
                 if sandbox.state == "deleting":
                     yield self._finish_delete(project, sandbox)
-                    continue
+        # Rules first (unknown links are dropped by default), then links, then sandboxes.
+        yield self.host.firewall.apply([self._net(p, s) for p in self.list_projects()
+                                        for s in p.sandboxes.values() if s.network])
+        owned = {s.network.get("link") for p in self.projects.values() for s in p.sandboxes.values()}
+        for ident in (yield self.host.network.list_links()):
+            if ident not in owned:
+                self.log.warn("removing stray sandbox link {link}", link=ident)
+                yield self.host.network.detach(ident)
+        known: set[tuple[str, str]] = set()
+        for project in self.list_projects():
+            for sandbox in list(project.sandboxes.values()):
                 known.add((project.name, sandbox.name))
                 try:
                     yield self._restore(project, sandbox)
@@ -109,6 +130,11 @@ class Manager:
         """Adopt a running sandbox as it is, or bring back what a reboot or crash took away."""
         self.host.cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
         if sandbox.state == "running" and self._alive(sandbox):
+            links = yield self.host.network.list_links()
+            if sandbox.network["link"] not in links:
+                yield self.host.network.attach(sandbox.runtime["pid"], sandbox.network["link"],
+                                               sandbox.network["address"])
+            yield self.host.firewall.apply_inside(sandbox.runtime["pid"], self._net(project, sandbox))
             self.log.info("sandbox {project}/{sandbox} adopted: pid {pid} still running",
                           project=project.name, sandbox=sandbox.name, pid=sandbox.runtime["pid"])
             return
@@ -120,7 +146,7 @@ class Manager:
                           project=project.name, sandbox=sandbox.name)
         self._clear_cgroup(project.name, sandbox.name)  # whatever outlived its pid 1
         if sandbox.state == "running":
-            sandbox.runtime = yield self._boot(project, sandbox.name)
+            sandbox.runtime = yield self._boot(project, sandbox)
             yield self.store.save(project)
             self.log.info("sandbox {project}/{sandbox} started again (its pid 1 was gone)",
                           project=project.name, sandbox=sandbox.name)
@@ -147,18 +173,34 @@ class Manager:
         return bool(rt) and self.host.runtime.alive(rt["pid"], rt["start_time"])
 
     @defer.inlineCallbacks
-    def _boot(self, project: Project, name: str):
-        """Start a sandbox's pid 1 in its own cgroup; returns the runtime record to store."""
-        cgroups = self.host.cgroups
+    def _boot(self, project: Project, sandbox: Sandbox):
+        """Start a sandbox's pid 1 in its own cgroup and wire its network; returns the runtime record."""
+        cgroups, name = self.host.cgroups, sandbox.name
         cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
         cgroups.ensure_sandbox(project.name, name)
+        process = None
         try:
             paths = self.host.rootfs.paths(project.name, name)
             process = yield self.host.runtime.start(paths.rootfs, name, cgroups.procs_files(project.name, name))
+            net = sandbox.network
+            yield self.host.network.detach(net["link"])  # a link of an earlier life, if any
+            yield self.host.network.attach(process.pid, net["link"], net["address"])
+            yield self.host.firewall.set_sandbox(self._net(project, sandbox))
+            yield self.host.firewall.apply_inside(process.pid, self._net(project, sandbox))
         except BaseException:
+            if process is not None:
+                yield self.host.runtime.stop(process.pid, process.start_time)
+                yield self.host.network.detach(sandbox.network["link"])
             self._clear_cgroup(project.name, name)
             raise
         return {"pid": process.pid, "start_time": process.start_time}
+
+    def _net(self, project: Project, sandbox: Sandbox) -> SandboxNet:
+        """What the firewall needs to know of a sandbox, from its record."""
+        return SandboxNet(project.name, sandbox.name, sandbox.network["address"],
+                          self.host.network.link_name(sandbox.network["link"]),
+                          tuple(Forward(h, c) for h, c in sandbox.port_mappings.items()),
+                          tuple(ReverseForward(c, h) for c, h in sandbox.reverse_port_mappings.items()))
 
     @defer.inlineCallbacks
     def _halt(self, project: Project, sandbox: Sandbox):
@@ -167,6 +209,8 @@ class Manager:
         rt = sandbox.runtime
         if rt:
             yield self.host.runtime.stop(rt["pid"], rt["start_time"])
+        if sandbox.network:
+            yield self.host.network.detach(sandbox.network["link"])
         self._clear_cgroup(project.name, sandbox.name)
         sandbox.runtime = {}
 
@@ -181,8 +225,10 @@ class Manager:
         """Server shutdown: sandboxes keep running (they are adopted at the next start)."""
         self.shells.close_all()
         yield self.host.images.stop()
-        if not self.projects:
-            self.host.cgroups.remove_root()  # nothing of ours left in the cgroup tree
+        if not self.projects:  # nothing of ours is left on the host: leave no trace either
+            self.host.cgroups.remove_root()
+            yield self.host.firewall.teardown_all()
+            yield self.host.network.teardown()
 
     # -- projects ------------------------------------------------------------------------------
 
@@ -331,9 +377,12 @@ class Manager:
                 raise UpstreamFailed(str(e)) from None
             yield self.host.rootfs.create(project.name, name, lower)
             undo.push("root filesystem", lambda: self.host.rootfs.destroy(project.name, name))
-            runtime = yield self._boot(project, name)
-            undo.push("processes", lambda: self._halt(project, Sandbox(name, distro, "", runtime=runtime)))
-            sandbox = Sandbox(name, distro, utc_now_iso(self.reactor.seconds()), runtime=runtime)
+            sandbox = Sandbox(name, distro, utc_now_iso(self.reactor.seconds()))
+            sandbox.network = {"address": self._allocate_address(), "link": self._new_link_id(project.name, name)}
+            undo.push("address", lambda: self.pool.release(sandbox.network["address"]))
+            undo.push("firewall rules", lambda: self.host.firewall.remove_sandbox(project.name, name))
+            sandbox.runtime = yield self._boot(project, sandbox)
+            undo.push("processes", lambda: self._halt(project, sandbox))
             project.sandboxes[name] = sandbox
             undo.push("record", lambda: project.sandboxes.pop(name, None))
             yield self.store.save(project)
@@ -373,9 +422,27 @@ class Manager:
     @defer.inlineCallbacks
     def _finish_delete(self, project: Project, sandbox: Sandbox):
         yield self._halt(project, sandbox)
+        yield self.host.firewall.remove_sandbox(project.name, sandbox.name)
         yield self.host.rootfs.destroy(project.name, sandbox.name)
         project.sandboxes.pop(sandbox.name, None)
         yield self.store.save(project)
+        if sandbox.network.get("address"):
+            self.pool.release(sandbox.network["address"])
+
+    def _allocate_address(self) -> str:
+        try:
+            return self.pool.allocate()
+        except PoolExhausted:
+            raise Unavailable(f"no free address left in sandbox_network {self.pool.network}") from None
+
+    def _new_link_id(self, project: str, name: str) -> str:
+        """A link id no other sandbox uses (a hash of the names; rehashed on the rare collision)."""
+        taken = {s.network.get("link") for p in self.projects.values() for s in p.sandboxes.values()}
+        for attempt in range(100):
+            ident = link_id(project, name if attempt == 0 else f"{name}#{attempt}")
+            if ident not in taken:
+                return ident
+        raise Unavailable("no free link id")
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -405,7 +472,7 @@ class Manager:
             if not self.host.rootfs.is_mounted(paths.rootfs):
                 yield self.host.rootfs.mount(project.name, sandbox.name, self._image_path(sandbox.distro))
             self._clear_cgroup(project.name, sandbox.name)
-            runtime = yield self._boot(project, sandbox.name)
+            runtime = yield self._boot(project, sandbox)
             previous = (sandbox.state, sandbox.runtime)
             sandbox.state, sandbox.runtime = "running", runtime
             try:
@@ -443,6 +510,134 @@ class Manager:
         self.log.info("exec in {project}/{sandbox}: exit {code} in {duration:.3f}s", project=project.name,
                       sandbox=sandbox.name, code=result.exit_code, duration=result.duration)
         return result.to_json()
+
+    # -- port forwards ----------------------------------------------------------------------------
+
+    def _port(self, body: dict[str, Any], field: str, *, allowed: bool) -> int:
+        value = body.get(field)
+        if value is None:
+            raise InvalidInput(f"field {field!r} is required")
+        if type(value) is not int:
+            raise InvalidInput(f"{field} must be an integer, got {value!r:.40}")
+        if allowed:
+            if value not in self.allowed_ports:
+                lo, hi = min(self.allowed_ports), max(self.allowed_ports)
+                raise InvalidInput(f"{field} {value} is not in allowed_ports ({lo}-{hi} as configured)")
+        elif not 1 <= value <= 65535:
+            raise InvalidInput(f"{field} must be between 1 and 65535, got {value}")
+        return value
+
+    @staticmethod
+    def _fields(body: Any, fields: set[str]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidInput("request body must be a JSON object")
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            raise InvalidInput(f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(fields))}")
+        return body
+
+    @defer.inlineCallbacks
+    def add_forward(self, project_name: Any, name: Any, body: Any):
+        """Host port -> sandbox port, on every host address (see bolt.host.firewall)."""
+        body = self._fields(body, {"host_port", "container_port"})
+        project, sandbox = self.get_sandbox(project_name, name)
+        host_port = self._port(body, "host_port", allowed=True)
+        container_port = self._port(body, "container_port", allowed=False)
+        for p in self.projects.values():
+            for s in p.sandboxes.values():
+                if host_port in s.port_mappings:
+                    raise Conflict(f"host port {host_port} is already forwarded to {p.name}/{s.name}")
+        if self.host.port_busy(host_port):
+            raise Conflict(f"host port {host_port} is in use by a program on the host")
+        self._claim("s", project.name, sandbox.name)
+        try:
+            yield self.host.firewall.add_forward(project.name, sandbox.name, Forward(host_port, container_port))
+            sandbox.port_mappings[host_port] = container_port
+            try:
+                yield self.store.save(project)
+            except BaseException:
+                del sandbox.port_mappings[host_port]
+                yield self.host.firewall.remove_forward(project.name, sandbox.name, Forward(host_port, container_port))
+                raise
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("forward host port {host_port} -> {project}/{sandbox}:{container_port}", host_port=host_port,
+                      project=project.name, sandbox=sandbox.name, container_port=container_port)
+        return self._forwards_json(sandbox)
+
+    @defer.inlineCallbacks
+    def remove_forward(self, project_name: Any, name: Any, host_port: Any):
+        project, sandbox = self.get_sandbox(project_name, name)
+        port = _path_port(host_port, "host_port")
+        if port not in sandbox.port_mappings:
+            raise NotFound(f"host port {port} is not forwarded to {project.name}/{sandbox.name}")
+        self._claim("s", project.name, sandbox.name)
+        try:
+            container_port = sandbox.port_mappings[port]
+            yield self.host.firewall.remove_forward(project.name, sandbox.name, Forward(port, container_port))
+            del sandbox.port_mappings[port]
+            yield self.store.save(project)
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("forward of host port {port} removed", port=port)
+        return self._forwards_json(sandbox)
+
+    @defer.inlineCallbacks
+    def add_reverse_forward(self, project_name: Any, name: Any, body: Any):
+        """Sandbox 127.0.0.1:container_port (and gateway:container_port) -> host 127.0.0.1:host_port."""
+        body = self._fields(body, {"host_port", "container_port"})
+        project, sandbox = self.get_sandbox(project_name, name)
+        container_port = self._port(body, "container_port", allowed=False)
+        host_port = self._port(body, "host_port", allowed=True)
+        if container_port in sandbox.reverse_port_mappings:
+            raise Conflict(f"container port {container_port} of {project.name}/{sandbox.name} is already forwarded")
+        self._claim("s", project.name, sandbox.name)
+        try:
+            reverse = ReverseForward(container_port, host_port)
+            yield self.host.firewall.add_reverse_forward(project.name, sandbox.name, reverse)
+            sandbox.reverse_port_mappings[container_port] = host_port
+            try:
+                yield self._apply_inside(project, sandbox)
+                yield self.store.save(project)
+            except BaseException:
+                del sandbox.reverse_port_mappings[container_port]
+                yield self.host.firewall.remove_reverse_forward(project.name, sandbox.name, reverse)
+                yield self._apply_inside(project, sandbox)
+                raise
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("reverse forward {project}/{sandbox}:{container_port} -> host 127.0.0.1:{host_port}",
+                      project=project.name, sandbox=sandbox.name, container_port=container_port, host_port=host_port)
+        return self._forwards_json(sandbox)
+
+    @defer.inlineCallbacks
+    def remove_reverse_forward(self, project_name: Any, name: Any, container_port: Any):
+        project, sandbox = self.get_sandbox(project_name, name)
+        port = _path_port(container_port, "container_port")
+        if port not in sandbox.reverse_port_mappings:
+            raise NotFound(f"container port {port} of {project.name}/{sandbox.name} is not forwarded")
+        self._claim("s", project.name, sandbox.name)
+        try:
+            reverse = ReverseForward(port, sandbox.reverse_port_mappings[port])
+            yield self.host.firewall.remove_reverse_forward(project.name, sandbox.name, reverse)
+            del sandbox.reverse_port_mappings[port]
+            yield self._apply_inside(project, sandbox)
+            yield self.store.save(project)
+        finally:
+            self._release("s", project.name, sandbox.name)
+        self.log.info("reverse forward of {project}/{sandbox}:{port} removed", project=project.name,
+                      sandbox=sandbox.name, port=port)
+        return self._forwards_json(sandbox)
+
+    def _apply_inside(self, project: Project, sandbox: Sandbox) -> defer.Deferred:
+        if sandbox.state == "running" and self._alive(sandbox):
+            return self.host.firewall.apply_inside(sandbox.runtime["pid"], self._net(project, sandbox))
+        return defer.succeed(None)
+
+    @staticmethod
+    def _forwards_json(sandbox: Sandbox) -> dict[str, Any]:
+        return {"port_mappings": {str(k): v for k, v in sorted(sandbox.port_mappings.items())},
+                "reverse_port_mappings": {str(k): v for k, v in sorted(sandbox.reverse_port_mappings.items())}}
 
     # -- shells ----------------------------------------------------------------------------------
 
@@ -497,8 +692,12 @@ class Manager:
     def sandbox_json(self, project: Project, sandbox: Sandbox) -> dict[str, Any]:
         data = sandbox.to_json()
         runtime = data.pop("runtime", {})
+        network = data.pop("network", {})
         if sandbox.state == "running":
             data["pid"] = runtime.get("pid")
+        if network.get("address"):
+            data["address"] = network["address"]
+            data["gateway"] = self.pool.gateway
         return {"project": project.name, **data}
 
     def project_json(self, project: Project) -> dict[str, Any]:
@@ -524,3 +723,10 @@ class Manager:
                 "created_at": p.created_at,
             })
         return {"projects": projects, "system": figures, "version": __version__}
+
+
+def _path_port(value: Any, what: str) -> int:
+    """A port number from a URL path segment."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 5 or not 1 <= int(value) <= 65535:
+        raise InvalidInput(f"{what} in the path must be a port number between 1 and 65535")
+    return int(value)

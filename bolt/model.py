@@ -61,10 +61,12 @@ class Sandbox:
     port_mappings: dict[int, int] = field(default_factory=dict)
     reverse_port_mappings: dict[int, int] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: The sandbox's address and link id; kept while the sandbox exists, running or not.
+    network: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "distro": self.distro, "created_at": self.created_at,
-                "state": self.state,
+                "state": self.state, "network": dict(self.network),
                 "port_mappings": {str(k): v for k, v in sorted(self.port_mappings.items())},
                 "reverse_port_mappings": {str(k): v for k, v in sorted(self.reverse_port_mappings.items())},
                 "runtime": dict(self.runtime)}
@@ -75,7 +77,7 @@ class Sandbox:
                    str(data.get("state", "running")),
                    {int(k): int(v) for k, v in data.get("port_mappings", {}).items()},
                    {int(k): int(v) for k, v in data.get("reverse_port_mappings", {}).items()},
-                   dict(data.get("runtime", {})))
+                   dict(data.get("runtime", {})), dict(data.get("network", {})))
 
 
 @dataclass

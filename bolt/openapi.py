@@ -156,6 +156,19 @@ PATHS: dict[str, dict[str, Any]] = {
     SANDBOX + "/stop": {"parameters": S, "post": op("stop a sandbox (SIGTERM, then SIGKILL)", "200", ref("Sandbox"))},
     SANDBOX + "/exec": {"parameters": S,
                         "post": op("run a command in a running sandbox", "200", ref("ExecResult"), ref("ExecRequest"))},
+    SANDBOX + "/ports": {"parameters": S,
+                         "post": op("forward a host port (in allowed_ports) to a sandbox port", "200", ref("Forwards"),
+                                    obj({"host_port": PORT, "container_port": PORT}, ["host_port", "container_port"]))},
+    SANDBOX + "/ports/{host_port}": {
+        "parameters": S + [{"name": "host_port", "in": "path", "required": True, "schema": PORT}],
+        "delete": op("remove a forward", "200", ref("Forwards"))},
+    SANDBOX + "/reverse_ports": {
+        "parameters": S,
+        "post": op("reach the host's 127.0.0.1:host_port from the sandbox's 127.0.0.1:container_port", "200",
+                   ref("Forwards"), obj({"container_port": PORT, "host_port": PORT}, ["container_port", "host_port"]))},
+    SANDBOX + "/reverse_ports/{container_port}": {
+        "parameters": S + [{"name": "container_port", "in": "path", "required": True, "schema": PORT}],
+        "delete": op("remove a reverse forward", "200", ref("Forwards"))},
     SANDBOX + "/shell": {"parameters": S,
                          "post": op("a one-shot token and port for the TCP shell", "200", ref("ShellTicket"),
                                     errors=("400", "404", "409", "503"))},

@@ -25,11 +25,14 @@ from bolt.admin import AdminAccount
 from bolt.api import BoltAPI
 from bolt.errors import ConfigError, StateError
 from bolt.host.cgroups import CgroupError, Cgroups
+from bolt.host.firewall import Firewall
+from bolt.host.network import Network, host_port_busy
 from bolt.host.images import ImageStore
 from bolt.host.process import ReactorRunner
 from bolt.host.rootfs import RootFS
 from bolt.host.runtime import Runtime, become_subreaper
 from bolt.manager import Host, Manager
+from bolt.netplan import AddressPool, FirewallConfig
 from bolt.shell.gateway import ShellGateway
 from bolt.shells import ShellTickets
 from bolt.store import ProjectStore
@@ -120,7 +123,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         projects = store.load_all()
         cert, key = tls.ensure_certificate(os.path.dirname(options["config"]))
         context = tls.context_factory(cert, key)
-        cgroups = Cgroups.from_host(conf["cgroup_parent"])
+        cgroups = Cgroups.from_host(conf["cgroup_parent"] or conf["instance_name"])
     except (ConfigError, StateError, CgroupError) as e:
         raise _fail(str(e)) from None
     except OSError as e:
@@ -139,13 +142,18 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         rootfs=RootFS(os.path.join(data_dir, "sandboxes"), runner),
         cgroups=cgroups,
         runtime=Runtime(runner, reactor),
+        network=Network(runner, pool=AddressPool(conf["sandbox_network"]), link_prefix=conf["instance_name"]),
+        firewall=Firewall(runner, FirewallConfig(network=conf["sandbox_network"], outbound=conf["sandbox_outbound"],
+                                                 prefix=conf["instance_name"].upper(),
+                                                 link_prefix=conf["instance_name"])),
+        port_busy=host_port_busy,
     )
     shells = ShellTickets(reactor, conf["shell_port_range"], conf["shell_token_expiry"],
                           max_sessions=conf["max_shell_sessions"],
                           max_per_sandbox=conf["max_shell_sessions_per_sandbox"])
     manager = Manager(store, projects, host=host, default_limits=conf["default_resource_limits"],
                       default_distro=conf["default_distro"], system=system.figures_source(data_dir),
-                      shells=shells, reactor=reactor)
+                      shells=shells, allowed_ports=conf["allowed_ports"], reactor=reactor)
     gateway = ShellGateway(manager, reactor, conf["shell_host"] or options["host"],
                            context if conf["shell_tls"] else None)
     manager.shell_listen = gateway.listen

@@ -336,3 +336,95 @@ class FakeRuntime:
             outcome = self.exec_results.pop(0)
             return defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
         return defer.succeed(ExecResult(0, None, b"ok\n", b"", False, 0.01, False, False))
+
+
+class FakeNetwork:
+    """Links as a dict of id -> (pid, address), over a real AddressPool."""
+
+    def __init__(self, network: str = "10.213.0.0/16") -> None:
+        from bolt.netplan import AddressPool
+        self.pool = AddressPool(network)
+        self.links: dict[str, tuple[int, str]] = {}
+        self.setups = 0
+        self.fail_attach: Exception | None = None
+
+    def link_name(self, ident):
+        return f"bolt{ident}"
+
+    def setup(self):
+        self.setups += 1
+        return defer.succeed(None)
+
+    def teardown(self):
+        self.setups = 0
+        return defer.succeed(None)
+
+    def attach(self, pid, ident, address):
+        if self.fail_attach is not None:
+            error, self.fail_attach = self.fail_attach, None
+            return defer.fail(error)
+        self.links[ident] = (pid, address)
+        return defer.succeed(self.link_name(ident))
+
+    def detach(self, ident):
+        return defer.succeed(self.links.pop(ident, None) is not None)
+
+    def list_links(self):
+        return defer.succeed(sorted(self.links))
+
+
+class FakeFirewall:
+    """The desired state the core asked for, keyed like the real Firewall's."""
+
+    def __init__(self) -> None:
+        self.sandboxes: dict[tuple[str, str], object] = {}
+        self.inside: dict[int, object] = {}
+        self.applies = 0
+        self.fail_next: Exception | None = None
+
+    def _maybe_fail(self):
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            return defer.fail(error)
+        return None
+
+    def apply(self, sandboxes):
+        self.applies += 1
+        self.sandboxes = {sb.key: sb for sb in sandboxes}
+        return defer.succeed(None)
+
+    def set_sandbox(self, sb):
+        self.sandboxes[sb.key] = sb
+        return defer.succeed(None)
+
+    def remove_sandbox(self, project, name):
+        self.sandboxes.pop((project, name), None)
+        return defer.succeed(None)
+
+    def add_forward(self, project, name, forward):
+        failed = self._maybe_fail()
+        if failed:
+            return failed
+        self.sandboxes[(project, name)] = self.sandboxes[(project, name)].with_forward(forward)
+        return defer.succeed(None)
+
+    def remove_forward(self, project, name, forward):
+        self.sandboxes[(project, name)] = self.sandboxes[(project, name)].without_forward(forward)
+        return defer.succeed(None)
+
+    def add_reverse_forward(self, project, name, reverse):
+        self.sandboxes[(project, name)] = self.sandboxes[(project, name)].with_reverse_forward(reverse)
+        return defer.succeed(None)
+
+    def remove_reverse_forward(self, project, name, reverse):
+        self.sandboxes[(project, name)] = self.sandboxes[(project, name)].without_reverse_forward(reverse)
+        return defer.succeed(None)
+
+    def apply_inside(self, pid, sb):
+        self.inside[pid] = sb
+        return defer.succeed(None)
+
+    def teardown_all(self):
+        self.sandboxes.clear()
+        self.torn_down = True
+        return defer.succeed(None)

@@ -14,7 +14,7 @@ from bolt.api import BoltAPI
 from bolt.manager import Host, Manager
 from bolt.store import ProjectStore
 from bolt.updates import UpdateChecker
-from tests.fakes import FakeCgroups, FakeImages, FakeRootFS, FakeRuntime
+from tests.fakes import FakeCgroups, FakeFirewall, FakeImages, FakeNetwork, FakeRootFS, FakeRuntime
 
 #: scrypt cost for tests: fast, still the real algorithm.
 CHEAP = {"n": 2 ** 10, "r": 8, "p": 1}
@@ -42,7 +42,9 @@ class World:
         self.data_dir = os.path.join(self.dir, "data")
         self.config, _ = configuration.load(self.config_path, self.data_dir, initial_password=PASSWORD, cost=CHEAP)
         self.store = ProjectStore(os.path.join(self.data_dir, "projects"), inline)
-        self.host = Host(images=FakeImages(), rootfs=FakeRootFS(), cgroups=FakeCgroups(), runtime=FakeRuntime())
+        self.busy_ports: set[int] = set()
+        self.host = Host(images=FakeImages(), rootfs=FakeRootFS(), cgroups=FakeCgroups(), runtime=FakeRuntime(),
+                         network=FakeNetwork(), firewall=FakeFirewall(), port_busy=self.busy_ports.__contains__)
         self.manager = self.new_manager()
         self.admin = AdminAccount(self.config, inline, cost=CHEAP)
         self.api = BoltAPI(self.manager, self.admin, UpdateChecker(None, reactor=self.clock),
@@ -52,7 +54,8 @@ class World:
         """A manager over what is stored now, as a restarted server would build it."""
         return Manager(self.store, self.store.load_all(), host=self.host,
                        default_limits=self.config["default_resource_limits"],
-                       default_distro=self.config["default_distro"], system=figures, reactor=self.clock)
+                       default_distro=self.config["default_distro"], system=figures,
+                       allowed_ports=self.config["allowed_ports"], reactor=self.clock)
 
     def config_on_disk(self) -> dict:
         with open(self.config_path) as f:

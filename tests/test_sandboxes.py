@@ -226,6 +226,114 @@ class RuntimeCore(unittest.TestCase):
         self.assertEqual(sorted(self.cgroups.killed), [("ghost", "box"), ("proj", "orphan")])
 
 
+class NetworkCore(unittest.TestCase):
+    """Addresses, links and forwards over the fake network and firewall."""
+
+    def setUp(self) -> None:
+        self.world = World(self)
+        self.manager = self.world.manager
+        self.network = self.world.host.network
+        self.firewall = self.world.host.firewall
+        self.successResultOf(self.manager.create_project("web"))
+        self.successResultOf(self.manager.create_project("ops"))
+        self.a = self.successResultOf(self.manager.create_sandbox("web", "a"))
+        self.b = self.successResultOf(self.manager.create_sandbox("ops", "b"))
+
+    def test_each_sandbox_gets_its_own_address_and_link(self):
+        self.assertEqual((self.a.network["address"], self.b.network["address"]), ("10.213.0.2", "10.213.0.3"))
+        self.assertEqual(self.network.links[self.a.network["link"]], (1001, "10.213.0.2"))
+        self.assertEqual(sorted(self.firewall.sandboxes), [("ops", "b"), ("web", "a")])
+        self.assertEqual(self.firewall.inside[1001].address, "10.213.0.2")
+
+    def test_addresses_persist_and_are_never_handed_out_twice(self):
+        restarted = self.world.new_manager()
+        self.assertTrue(restarted.pool.is_allocated("10.213.0.2"))
+        self.successResultOf(restarted.create_project("more"))
+        c = self.successResultOf(restarted.create_sandbox("more", "c"))
+        self.assertEqual(c.network["address"], "10.213.0.4")
+
+    def test_delete_releases_address_rules_and_link(self):
+        link = self.a.network["link"]
+        self.successResultOf(self.manager.delete_sandbox("web", "a"))
+        self.assertNotIn(link, self.network.links)
+        self.assertNotIn(("web", "a"), self.firewall.sandboxes)
+        self.assertFalse(self.manager.pool.is_allocated("10.213.0.2"))
+
+    def test_stop_detaches_the_link_but_keeps_address_and_forwards(self):
+        self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))
+        self.successResultOf(self.manager.stop_sandbox("web", "a"))
+        self.assertNotIn(self.a.network["link"], self.network.links)
+        self.assertEqual(self.firewall.sandboxes[("web", "a")].forwards[0].host_port, 10001)
+        started = self.successResultOf(self.manager.start_sandbox("web", "a"))
+        self.assertEqual(self.network.links[self.a.network["link"]], (started.runtime["pid"], "10.213.0.2"))
+
+    def test_forward_rules_and_status_shape(self):
+        result = self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))
+        self.assertEqual(result, {"port_mappings": {"10001": 80}, "reverse_port_mappings": {}})
+        self.successResultOf(self.manager.add_reverse_forward("web", "a", {"container_port": 8080, "host_port": 10002}))
+        sb = self.firewall.sandboxes[("web", "a")]
+        self.assertEqual([(f.host_port, f.container_port) for f in sb.forwards], [(10001, 80)])
+        self.assertEqual([(r.container_port, r.host_port) for r in sb.reverse_forwards], [(8080, 10002)])
+        self.assertEqual(self.firewall.inside[1001].reverse_forwards, sb.reverse_forwards)
+        status = self.successResultOf(self.manager.status())
+        web = [p for p in status["projects"] if p["name"] == "web"][0]
+        self.assertEqual(web["sandboxes"][0]["port_mappings"], {"10001": 80})
+        self.assertEqual(web["sandboxes"][0]["reverse_port_mappings"], {"8080": 10002})
+        stored = self.world.new_manager().get_sandbox("web", "a")[1]
+        self.assertEqual((stored.port_mappings, stored.reverse_port_mappings), ({10001: 80}, {8080: 10002}))
+
+    def test_forward_rules_of_the_input(self):
+        bad = [({"host_port": 80, "container_port": 80}, InvalidInput),        # outside allowed_ports
+               ({"host_port": "10001", "container_port": 80}, InvalidInput),
+               ({"host_port": 10001, "container_port": 0}, InvalidInput),
+               ({"host_port": 10001, "container_port": 65536}, InvalidInput),
+               ({"host_port": 10001}, InvalidInput),
+               ({"host_port": 10001, "container_port": 80, "proto": "udp"}, InvalidInput),
+               ({"host_port": True, "container_port": 80}, InvalidInput)]
+        for body, error in bad:
+            self.failureResultOf(self.manager.add_forward("web", "a", body), error)
+        self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))
+        self.failureResultOf(self.manager.add_forward("ops", "b", {"host_port": 10001, "container_port": 22}), Conflict)
+        self.world.busy_ports.add(10005)
+        self.failureResultOf(self.manager.add_forward("web", "a", {"host_port": 10005, "container_port": 80}), Conflict)
+        self.failureResultOf(self.manager.remove_forward("web", "a", "10002"), NotFound)
+        self.failureResultOf(self.manager.remove_forward("web", "a", "ten"), InvalidInput)
+        self.assertEqual(self.manager.get_sandbox("web", "a")[1].port_mappings, {10001: 80})
+
+    def test_reverse_forward_rules_of_the_input(self):
+        self.failureResultOf(self.manager.add_reverse_forward("web", "a", {"container_port": 8080, "host_port": 5000}),
+                             InvalidInput)
+        self.successResultOf(self.manager.add_reverse_forward("web", "a", {"container_port": 8080, "host_port": 10002}))
+        self.failureResultOf(self.manager.add_reverse_forward("web", "a", {"container_port": 8080, "host_port": 10003}),
+                             Conflict)
+        self.successResultOf(self.manager.remove_reverse_forward("web", "a", "8080"))
+        self.assertEqual(self.firewall.sandboxes[("web", "a")].reverse_forwards, ())
+        self.failureResultOf(self.manager.remove_reverse_forward("web", "a", "8080"), NotFound)
+
+    def test_a_firewall_failure_changes_nothing(self):
+        self.firewall.fail_next = RuntimeError("iptables-restore: line 3 failed")
+        self.failureResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}),
+                             RuntimeError)
+        self.assertEqual(self.manager.get_sandbox("web", "a")[1].port_mappings, {})
+
+    def test_restart_rebuilds_rules_and_removes_stray_links(self):
+        self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))
+        self.network.links["deadbeef"] = (4242, "10.213.9.9")  # a link nobody owns
+        self.firewall.sandboxes.clear()                        # iptables -F, or a reboot
+        restarted = self.world.new_manager()
+        self.successResultOf(restarted.start())
+        self.assertNotIn("deadbeef", self.network.links)
+        self.assertEqual(self.firewall.sandboxes[("web", "a")].forwards[0].host_port, 10001)
+        self.assertIn(("ops", "b"), self.firewall.sandboxes)
+
+    def test_attach_failure_rolls_the_create_back(self):
+        self.network.fail_attach = RuntimeError("RTNETLINK answers: File exists")
+        self.failureResultOf(self.manager.create_sandbox("web", "c"), RuntimeError)
+        self.assertNotIn(("web", "c"), self.firewall.sandboxes)
+        self.assertFalse(self.manager.pool.is_allocated("10.213.0.4"))
+        self.assertEqual([s.name for s in self.manager.list_sandboxes("web")], ["a"])
+
+
 class SandboxRoutes(unittest.TestCase):
     def setUp(self) -> None:
         self.world = World(self)
@@ -244,7 +352,8 @@ class SandboxRoutes(unittest.TestCase):
         self.assertEqual(code, 201)
         self.assertEqual(created, {"project": "project1", "name": "sandbox1", "distro": "debian:bookworm",
                                    "created_at": created["created_at"], "state": "running",
-                                   "port_mappings": {}, "reverse_port_mappings": {}, "pid": 1001})
+                                   "port_mappings": {}, "reverse_port_mappings": {}, "pid": 1001,
+                                   "address": "10.213.0.2", "gateway": "10.213.0.1"})
         code, listed = yield self.call("GET", "/api/projects/project1/sandboxes")
         self.assertEqual((code, listed), (200, [created]))
         code, one = yield self.call("GET", "/api/projects/project1/sandboxes/sandbox1")

@@ -72,6 +72,32 @@ def remove_cgroup_tree(parent: str) -> None:
             pass
 
 
+def remove_links(prefix: str) -> None:
+    """Delete the host-side veths named ``<prefix><8 hex>`` (a crashed test's sandboxes)."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split(": ")[1].split("@")[0] if ": " in line else ""
+        if name.startswith(prefix) and len(name) == len(prefix) + 8:
+            subprocess.run(["ip", "link", "del", name], check=False, stderr=subprocess.DEVNULL)
+
+
+def remove_chains(prefix: str) -> None:
+    """Delete every iptables/ip6tables chain starting with ``prefix`` and every rule jumping to one."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("raw", "filter", "nat"):
+            out = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                if line.startswith("-A ") and f"-j {prefix}" in line and not line.split()[1].startswith(prefix):
+                    subprocess.run([tool, "-w", "-t", table, "-D", *line.split()[1:]], check=False,
+                                   stderr=subprocess.DEVNULL)
+            chains = [line[1:].split()[0] for line in out.splitlines()
+                      if line.startswith(":") and line[1:].startswith(prefix)]
+            for chain in chains:
+                subprocess.run([tool, "-w", "-t", table, "-F", chain], check=False, stderr=subprocess.DEVNULL)
+            for chain in chains:
+                subprocess.run([tool, "-w", "-t", table, "-X", chain], check=False, stderr=subprocess.DEVNULL)
+
+
 def unmount_below(top: str) -> None:
     with open("/proc/self/mounts") as f:
         points = [line.split()[1] for line in f]
@@ -96,7 +122,11 @@ class RealServer:
         self.process: subprocess.Popen | None = None
         # Every test server gets cgroups of its own, so no server ever reconciles another's away.
         self.cgroup_parent = (config or {}).get("cgroup_parent") or f"bolt-t{secrets.token_hex(4)}"
-        changes = {"cgroup_parent": self.cgroup_parent, **(config or {})}
+        # ...and its own iptables chains, link names and address pool.
+        self.instance = (config or {}).get("instance_name") or f"bt{secrets.token_hex(3)[:5]}"
+        self.network = (config or {}).get("sandbox_network") or f"10.251.{secrets.randbelow(256)}.0/24"
+        changes = {"cgroup_parent": self.cgroup_parent, "instance_name": self.instance,
+                   "sandbox_network": self.network, **(config or {})}
         if with_password:
             self.write_config(changes)
         else:  # the server fills in the rest, and generates a password, at its first start
@@ -167,8 +197,12 @@ class RealServer:
                     self.api("DELETE", f"/api/projects/{project['name']}?force=1", timeout=120)
             except Exception:
                 pass
-        self.kill()
+        self.stop()  # with no project left, the server removes its rules, route and cgroup root
         remove_cgroup_tree(self.cgroup_parent)
+        remove_links(self.instance)
+        remove_chains(self.instance.upper() + "-")
+        subprocess.run(["ip", "route", "del", "unreachable", self.network, "metric", "4294967295"],
+                       check=False, stderr=subprocess.DEVNULL)
         unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
