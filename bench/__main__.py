@@ -6,9 +6,9 @@ import os
 import platform
 import sys
 
-from bench import create
+from bench import create, forwards
 
-SUITES = [create]
+SUITES = [create, forwards]
 
 
 def main() -> int:
