@@ -648,7 +648,7 @@ class Manager:
             raise Unavailable("the shell service is not running")
         token, ticket = self.shells.issue(project.name, sandbox.name, self.shell_listen)
         return {"port": ticket.port, "token": token, "expires_at": utc_now_iso(ticket.expires_at),
-                "expires_in": int(ticket.expires_at - self.reactor.seconds())}
+                "expires_in": round(ticket.expires_at - self.reactor.seconds())}
 
     def redeem_shell(self, port: int, token: str) -> Ticket | None:
         return self.shells.redeem(port, token)

@@ -91,9 +91,14 @@ class Terminal(abstract.FileDescriptor):
             fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
     def hangup(self) -> None:
-        """Close the master (SIGHUP to the shell's session) and tell the helper too."""
+        """Close the master now (SIGHUP to the shell's session) and tell the helper too.
+
+        Input the PTY has not taken yet is dropped: ``loseConnection`` would wait for it to drain,
+        which a busy or dead shell never does, and the master (and the session) would stay open.
+        """
         self.helper.signal("HUP")
-        self.loseConnection()
+        if self.connected and not self.disconnected:
+            self.connectionLost(Failure(error.ConnectionDone("terminal hung up")))
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

@@ -89,16 +89,17 @@ class ShellProtocol(protocol.Protocol):
         self.buffer += data
         if b"\xff" in self.buffer:  # IAC: only telnet clients send it
             self.telnet = True
-        end = self.buffer.find(b"\n")
+        end = telnet.line_end(self.buffer) if self.telnet else self.buffer.find(b"\n")
         if end < 0:
             if len(self.buffer) > MAX_TOKEN_LINE:
                 self._refuse("error: token line too long")
             return
         line, rest = self.buffer[:end], self.buffer[end + 1:]
         self.buffer = b""
+        early: list[object] = []
         if self.telnet or line.endswith(b"\r"):
             self.telnet = True
-            line, _ = self.codec.feed(line)  # drop any negotiation the client sent before its token
+            line, early = self.codec.feed(line)  # negotiation the client sent before its token
         token = line.rstrip(b"\r").strip().decode("ascii", "replace")
         try:
             self.ticket = self.gate.redeem(self.port, token, self.client)
@@ -109,7 +110,12 @@ class ShellProtocol(protocol.Protocol):
         if self.telnet:
             self.state = "negotiating"
             self.transport.write(telnet.GREETING)
+            if self.codec.replies:
+                self.transport.write(bytes(self.codec.replies))
+                self.codec.replies.clear()
             self._negotiation = self.clock.callLater(NEGOTIATION_WAIT, self._open)
+            for event in early:
+                self._event(event)
         else:
             self._open()
         if rest:

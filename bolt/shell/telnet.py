@@ -45,6 +45,31 @@ def escape(data: bytes) -> bytes:
     return data.replace(b"\xff", b"\xff\xff")
 
 
+def line_end(data: bytes) -> int:
+    """Index of the first LF outside telnet commands in ``data``, or -1.
+
+    A subnegotiation may carry 0x0A bytes (a window 10 rows high), which do not end a line.
+    """
+    i, n, in_sb = 0, len(data), False
+    while i < n:
+        byte = data[i]
+        if byte == IAC:
+            command = data[i + 1] if i + 1 < n else None
+            if command in (WILL, WONT, DO, DONT):
+                i += 3
+                continue
+            if command == SB:
+                in_sb = True
+            elif command == SE:
+                in_sb = False
+            i += 2  # also IAC IAC and one-byte commands
+            continue
+        if byte == 10 and not in_sb:
+            return i
+        i += 1
+    return -1
+
+
 class TelnetCodec:
     """Splits a telnet byte stream into data and option events; answers requests it does not know.
 
