@@ -74,6 +74,7 @@ class Manager:
                 if sandbox.network.get("address") and not self.pool.is_allocated(sandbox.network["address"]):
                     self.pool.claim(sandbox.network["address"])
         self.shells = shells or ShellTickets(self.reactor, frozenset(range(20001, 25001)), 3600)
+        self._terminals: dict[tuple[str, str], set[Any]] = {}
         #: Opens a listener for a shell ticket (set by the shell face; see bolt.shell.gateway).
         self.shell_listen: Callable[[int, Ticket], Callable[[], object]] | None = None
         # Names with an operation in flight: ("p", project) or ("s", project, sandbox).
@@ -206,6 +207,9 @@ class Manager:
     def _halt(self, project: Project, sandbox: Sandbox):
         """Stop every process of a sandbox (SIGTERM, then SIGKILL after a grace period)."""
         self.shells.revoke(project.name, sandbox.name)
+        # An interactive shell ignores SIGTERM; hang its terminal up first so it leaves at once.
+        for terminal in list(self._terminals.pop((project.name, sandbox.name), ())):
+            terminal.hangup()
         rt = sandbox.runtime
         if rt:
             yield self.host.runtime.stop(rt["pid"], rt["start_time"])
@@ -669,6 +673,7 @@ class Manager:
             raise
 
         def opened(terminal):
+            self._terminals.setdefault(ticket.key, set()).add(terminal)
             self.log.info("shell session opened in {project}/{sandbox} for {client}", project=project.name,
                           sandbox=sandbox.name, client=client)
             return terminal
@@ -683,6 +688,11 @@ class Manager:
 
     def shell_closed(self, ticket: Ticket, client: str, bytes_in: int, bytes_out: int) -> None:
         self.shells.session_close(ticket.key)
+        live = {t for t in self._terminals.get(ticket.key, ()) if getattr(t, "fd", -1) >= 0}  # still open
+        if live:
+            self._terminals[ticket.key] = live
+        else:
+            self._terminals.pop(ticket.key, None)
         self.log.info("shell session closed in {project}/{sandbox} for {client}: {bytes_in} bytes in, "
                       "{bytes_out} bytes out", project=ticket.project, sandbox=ticket.sandbox, client=client,
                       bytes_in=bytes_in, bytes_out=bytes_out)

@@ -299,6 +299,17 @@ class FakeCgroups:
         self.root_removed = not self.sandboxes
 
 
+class FakeTerminal:
+    """A PTY master that only records being hung up."""
+
+    def __init__(self) -> None:
+        self.fd = 3
+        self.hung_up = False
+
+    def hangup(self) -> None:
+        self.hung_up, self.fd = True, -1
+
+
 class FakeRuntime:
     """pid 1s as a dict of live pids; execs answered from a queue of results."""
 
@@ -310,6 +321,7 @@ class FakeRuntime:
         self.execs: list[dict] = []
         self.exec_results: list = []
         self.fail_start: Exception | None = None
+        self.terminals: list[FakeTerminal] = []
 
     def start(self, rootfs, hostname, cgroup_procs):
         from bolt.host.runtime import SandboxProcess
@@ -328,6 +340,11 @@ class FakeRuntime:
         self.live.pop(pid, None)
         self.stopped.append(pid)
         return defer.succeed(None)
+
+    def open_terminal(self, pid, command, **kwargs):
+        terminal = FakeTerminal()
+        self.terminals.append(terminal)
+        return defer.succeed(terminal)
 
     def exec(self, pid, argv, **kwargs):
         from bolt.host.runtime import ExecResult

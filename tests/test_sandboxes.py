@@ -172,6 +172,18 @@ class RuntimeCore(unittest.TestCase):
         restarted = self.world.new_manager()
         self.assertEqual(restarted.get_sandbox("proj", "box")[1].runtime["pid"], 1002)
 
+    def test_stop_hangs_up_open_shells_first(self):
+        self.successResultOf(self.manager.create_sandbox("proj", "box"))
+        self.manager.shell_listen = lambda port, ticket: (lambda: None)
+        ticket = self.manager.shells.issue("proj", "box", self.manager.shell_listen)[1]
+        kept = self.successResultOf(self.manager.attach_shell(ticket, "xterm", 24, 80, "127.0.0.1"))
+        closed = self.successResultOf(self.manager.attach_shell(ticket, "xterm", 24, 80, "127.0.0.1"))
+        closed.hangup()
+        self.manager.shell_closed(ticket, "127.0.0.1", 0, 0)
+        self.assertEqual(self.manager.shells.sessions(("proj", "box")), 1)
+        self.successResultOf(self.manager.stop_sandbox("proj", "box"))
+        self.assertTrue(kept.hung_up)
+
     def test_exec_passes_the_request_through(self):
         self.successResultOf(self.manager.create_sandbox("proj", "box"))
         result = self.successResultOf(self.manager.exec("proj", "box", {
