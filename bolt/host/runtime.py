@@ -398,6 +398,7 @@ class _ExecProtocol(protocol.ProcessProtocol):
         self.started = runtime.reactor.seconds()
         self.ended: float | None = None
         self.timed_out = False
+        self.killed = False
         self.exit: tuple[int | None, int | None] | None = None
         self.timer = None
 
@@ -430,6 +431,8 @@ class _ExecProtocol(protocol.ProcessProtocol):
     def processEnded(self, reason) -> None:
         self._record(reason)
         self._cancel_timer()
+        if self.killed:  # the helper may have died before reaping its command: see reap_orphans
+            reap_orphans(self.runtime.proc_dir)
         if self.deferred.called:
             return
         status = parse_status(self.captures[STATUS_FD].value())
@@ -498,6 +501,7 @@ class _ExecProtocol(protocol.ProcessProtocol):
     def kill(self) -> None:
         pid = getattr(self.transport, "pid", None)
         if pid is not None:
+            self.killed = True
             self.runtime.kill_tree(pid)
 
 
@@ -515,6 +519,50 @@ def reap(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
         return False
+
+
+def _pid_depth(pid: int, proc_dir: str) -> int | None:
+    """How many pid namespaces ``pid`` is seen in (the entries of ``NSpid`` in its status)."""
+    try:
+        with open(os.path.join(proc_dir, str(pid), "status"), "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        return None
+    return None
+
+
+def reap_orphans(proc_dir: str = "/proc") -> list[int]:
+    """Reap sandbox processes that were handed to this process and have exited; returns their pids.
+
+    When a ``bolt-sandbox enter`` helper dies before it has reaped its command (SIGKILLed on
+    timeout before it could, by the OOM killer, by an operator), the kernel re-parents the command
+    -- which lives in the sandbox's pid namespace -- to the nearest subreaper: the server.  Twisted
+    reaps only what it spawned, and until that zombie is reaped the sandbox's pid 1 cannot finish
+    exiting (the kernel waits for every process of the namespace), so a stop would wait forever.
+    Only zombies in a deeper pid namespace than ours are collected: Twisted spawns nothing there,
+    so no exit status that it waits for is taken.
+    """
+    me = os.getpid()
+    own = _pid_depth(me, proc_dir)
+    if own is None:
+        return []
+    reaped = []
+    try:
+        names = os.listdir(proc_dir)
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        st = read_stat(int(name), proc_dir)
+        if st is None or st.ppid != me or st.state != "Z":
+            continue
+        depth = _pid_depth(st.pid, proc_dir)
+        if depth is not None and depth > own and reap(st.pid):
+            reaped.append(st.pid)
+    return reaped
 
 
 def become_subreaper() -> bool:
@@ -613,6 +661,7 @@ class Runtime:
         killed = [False]
 
         def poll() -> None:
+            reap_orphans(self.proc_dir)  # else pid 1 may wait forever for a zombie only we can reap
             if not self.alive(pid, start_time):
                 reap(pid)
                 self.log.info("sandbox pid {pid} stopped", pid=pid)
