@@ -44,6 +44,7 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["bolt_plugin.py"], "bolt.host.native": ["bolt-sandbox.c"]},
     cmdclass={"build_py": build_py_with_helper},
+    entry_points={"console_scripts": ["bolt = bolt.cli.main:main"]},
     install_requires=[
         "twisted[tls]>=23.10",
         "klein>=23.5",
