@@ -23,7 +23,7 @@ class build_py_with_helper(build_py):
         self.mkpath(os.path.dirname(target))
         compiler = shlex.split(os.environ.get("CC", "cc"))
         self.spawn(compiler + ["-O2", "-Wall", "-Wextra", "-Werror", "-o", target,
-                               os.path.join(HERE, HELPER_SOURCE)])
+                               os.path.join(HERE, HELPER_SOURCE), "-lseccomp"])
 
     def get_outputs(self, include_bytecode=True):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, HELPER_BINARY)]
@@ -44,7 +44,6 @@ setup(
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["bolt_plugin.py"], "bolt.host.native": ["bolt-sandbox.c"]},
     cmdclass={"build_py": build_py_with_helper},
-    entry_points={"console_scripts": ["bolt = bolt.cli.main:main"]},
     install_requires=[
         "twisted[tls]>=23.10",
         "klein>=23.5",
@@ -53,7 +52,8 @@ setup(
         "psutil>=5.9",
         "netifaces>=0.11",
     ],
-    extras_require={"test": ["treq>=23.11", "hypothesis>=6.90"]},
+    extras_require={"test": ["treq>=23.11", "hypothesis>=6.90", "schemathesis>=4.0"]},
+    entry_points={"console_scripts": ["bolt = bolt.cli.main:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Operating System :: POSIX :: Linux",

@@ -44,7 +44,7 @@ umask 022
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=${0##*/}
 
-APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev debootstrap iptables iproute2 util-linux
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev libseccomp-dev debootstrap iptables iproute2 util-linux
               mount procps openssl ca-certificates logrotate)
 GROUP=bolt
 UNIT=bolt.service

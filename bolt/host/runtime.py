@@ -10,15 +10,18 @@ UTS, IPC, network, cgroup and pid namespaces, and forks the sandbox's pid 1, whi
 read-only /sys and a minimal /dev, masks and write-protects the dangerous parts of /proc, sets the
 hostname, brings up loopback, ``pivot_root``\\ s into the root filesystem and detaches the host's
 tree, then keeps only Docker's default capabilities (bounding, effective and permitted sets; nothing
-inheritable or ambient) with ``no_new_privs`` set.  The helper prints ``READY <pid>`` once pid 1
-reports success and exits; pid 1 keeps running (reaping orphans) until the sandbox is stopped.  A
-:class:`SandboxProcess` names pid 1 by host pid *and* start time (field 22 of ``/proc/PID/stat``), so
-a recycled pid is never mistaken for the sandbox.
+inheritable or ambient) with ``no_new_privs`` set, and installs a seccomp filter that refuses what
+Docker's default profile refuses (module loading, mounts, new namespaces, keyrings, bpf, the clock,
+...; the list and where it differs from Docker's are in the helper's source).  The helper prints
+``READY <pid>`` once pid 1 reports success and exits; pid 1 keeps running (reaping orphans) until the
+sandbox is stopped.  A :class:`SandboxProcess` names pid 1 by host pid *and* start time (field 22 of
+``/proc/PID/stat``), so a recycled pid is never mistaken for the sandbox.
 
 Running a command (:meth:`Runtime.exec`) spawns ``bolt-sandbox enter`` directly with
 ``reactor.spawnProcess`` and its own protocol, because it needs a capped, streaming capture and a
-timeout.  The helper joins the cgroups and namespaces of pid 1, forks, drops the same capabilities
-and executes the command in a session of its own.  Descriptors of the helper::
+timeout.  The helper joins the cgroups and namespaces of pid 1, forks, drops the same capabilities,
+installs the same seccomp filter and executes the command in a session of its own.  Descriptors of
+the helper::
 
     0  stdin of the command          (written by us, then closed)
     1  stdout of the command         (captured up to max_output, the rest counted as truncated)

@@ -3,7 +3,9 @@
 ``pip install .`` compiles it into the installed package (see ``setup.py``).  For development it can
 be compiled in place, next to this file::
 
-    cc -O2 -Wall -Wextra -Werror -o bolt/host/native/bolt-sandbox bolt/host/native/bolt-sandbox.c
+    cc -O2 -Wall -Wextra -Werror -o bolt/host/native/bolt-sandbox bolt/host/native/bolt-sandbox.c -lseccomp
+
+(libseccomp: the Debian package ``libseccomp-dev`` to build, ``libseccomp2`` to run.)
 
 :func:`binary_path` looks next to this module first, then in the installed package on ``sys.path``
 (so that tests run from a source checkout, which import ``bolt`` from the checkout, use the installed
@@ -47,5 +49,5 @@ def binary_path() -> str:
     raise HelperMissing(
         f"the sandbox helper {local} is missing or not executable (and no installed bolt on sys.path "
         f"has one): reinstall bolt (pip install .) or compile it with: "
-        f"cc -O2 -Wall -Wextra -Werror -o {local} {source}"
+        f"cc -O2 -Wall -Wextra -Werror -o {local} {source} -lseccomp"
     )
