@@ -1,56 +1,52 @@
 """Sandbox create and delete through the API, beside a floor script doing the same host work directly.
 
-The floor for issue 3's part of a create is an overlay mount over the same image (mkdir + mount);
-later layers (namespaces, cgroups, network) add their own floor steps here as they land.
+Bolt: ``POST /api/projects/bench/sandboxes`` (then ``DELETE`` of each) over one keep-alive HTTPS
+connection, BOLT_BENCH_CREATES (default 50) times, from the cached Debian image (already built: no
+debootstrap in the timings).
+
+Floor: :class:`bench.floor.FloorHost` doing the same host work from a plain script -- overlay mount,
+cgroup directories, ``bolt-sandbox init`` (the namespaces and pid 1), the veth and its addresses,
+the sandbox's iptables rules outside and inside, an fsynced state write -- and, for a delete,
+the reverse.  The ratio is what the server (Twisted, Klein, TLS, the core's checks and logging) adds.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
+import statistics
 import time
 
-from bench.common import Client, ensure_image, summary
-from tests.integration.server import RealServer
-from tests.integration.support import cached_image_root
+from bench.common import bench_server, ensure_image, note, summary
+from bench.floor import STEPS, FloorHost
 
 ROUNDS = int(os.environ.get("BOLT_BENCH_CREATES", "50"))
 
 
 def floor(image: str, rounds: int) -> tuple[list[float], list[float]]:
-    """mkdir + mount -t overlay (create) and umount + rm -r (delete), timed one by one."""
-    top = tempfile.mkdtemp(prefix="bolt-bench-floor-")
+    host = FloorHost(image)
     creates, deletes = [], []
     try:
         for i in range(rounds):
-            base = os.path.join(top, f"s{i}")
             t0 = time.perf_counter()
-            for sub in ("upper", "work", "rootfs"):
-                os.makedirs(os.path.join(base, sub))
-            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                            f"lowerdir={image},upperdir={base}/upper,workdir={base}/work,index=off,metacopy=off",
-                            f"{base}/rootfs"], check=True)
+            host.create(i)
             creates.append(time.perf_counter() - t0)
+        for i in range(rounds):
             t0 = time.perf_counter()
-            subprocess.run(["umount", f"{base}/rootfs"], check=True)
-            shutil.rmtree(base)
+            host.delete(i)
             deletes.append(time.perf_counter() - t0)
     finally:
-        subprocess.run(["umount", "--recursive", "--lazy", top], check=False, stderr=subprocess.DEVNULL)
-        shutil.rmtree(top, ignore_errors=True)
+        host.cleanup()
+    parts = ", ".join(f"{s} {statistics.median(host.steps[s]) * 1000:.1f}" for s in STEPS if host.steps[s])
+    note(f"create floor, p50 per step (ms): {parts}")
+    parts = ", ".join(f"{s} {statistics.median(host.delete_steps[s]) * 1000:.1f}"
+                      for s in STEPS if host.delete_steps[s])
+    note(f"delete floor, p50 per step (ms): {parts}")
     return creates, deletes
 
 
 def bolt(rounds: int) -> tuple[list[float], list[float]]:
-    server = RealServer(config={"base_image_dir": cached_image_root()})
     creates, deletes = [], []
-    try:
-        server.start()
-        client = Client(server.port, server.cert_path, "admin", server.password)
-        client.call("GET", "/api/status")  # the first login pays scrypt once; not part of a create
-        client.call("POST", "/api/projects", {"name": "bench"})
+    with bench_server() as (server, client):
         for i in range(rounds):
             t0 = time.perf_counter()
             code, body = client.call("POST", "/api/projects/bench/sandboxes", {"name": f"s{i}"})
@@ -61,9 +57,6 @@ def bolt(rounds: int) -> tuple[list[float], list[float]]:
             code, body = client.call("DELETE", f"/api/projects/bench/sandboxes/s{i}")
             deletes.append(time.perf_counter() - t0)
             assert code == 200, body
-        client.close()
-    finally:
-        server.cleanup()
     return creates, deletes
 
 
@@ -71,5 +64,5 @@ def run() -> list[tuple[str, dict, dict]]:
     image = ensure_image()
     floor_creates, floor_deletes = floor(image, ROUNDS)
     bolt_creates, bolt_deletes = bolt(ROUNDS)
-    return [("sandbox create (API)", summary(bolt_creates), summary(floor_creates)),
-            ("sandbox delete (API)", summary(bolt_deletes), summary(floor_deletes))]
+    return [(f"sandbox create (API, n={ROUNDS})", summary(bolt_creates), summary(floor_creates)),
+            (f"sandbox delete (API, n={ROUNDS})", summary(bolt_deletes), summary(floor_deletes))]

@@ -197,10 +197,10 @@ def run() -> list[tuple[str, dict, dict]]:
         _cleanup(config.prefix, config.link_prefix, procs)
     n = f"{FORWARDS} fwds/{SANDBOXES} sb"
     return [
-        (f"forward add ({n})", summary(ours["add"]), summary(floor["add"])),
-        (f"forward remove ({n})", summary(ours["remove"]), summary(floor["remove"])),
-        (f"firewall rebuild ({n})", summary(ours["rebuild"]), summary(floor["rebuild"])),
-        ("sandbox link attach", summary(ours["attach"]), summary(floor["attach"])),
+        (f"forward add (adapter, {n})", summary(ours["add"]), summary(floor["add"])),
+        (f"forward remove (adapter, {n})", summary(ours["remove"]), summary(floor["remove"])),
+        (f"firewall rebuild (adapter, {n})", summary(ours["rebuild"]), summary(floor["rebuild"])),
+        ("sandbox link attach (adapter)", summary(ours["attach"]), summary(floor["attach"])),
     ]
 
 

@@ -16,7 +16,9 @@ from typing import Any, Callable
 from klein import Klein
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+from twisted.web.resource import Resource
+from werkzeug.exceptions import BadHost, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from bolt import errors, openapi
 from bolt.admin import AdminAccount
@@ -61,6 +63,10 @@ def read_json(request) -> dict[str, Any]:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidInput("request body is not valid JSON") from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise errors.InvalidInput("request body has a number too long to read") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than the interpreter's stack
+        raise errors.InvalidInput("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise errors.InvalidInput("request body must be a JSON object")
     return body
@@ -70,10 +76,11 @@ def authorized(route: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``route`` only for a request with the admin's Basic credentials."""
 
     @functools.wraps(route)
-    def wrapper(self: "BoltAPI", request, *args: Any, **kwargs: Any) -> defer.Deferred:
-        d = self.authenticate(request)
-        d.addCallback(lambda _: route(self, request, *args, **kwargs))
-        return d
+    def wrapper(self: "BoltAPI", request, *args: Any, **kwargs: Any) -> Any:
+        pending = self.authenticate(request)
+        if pending is None:  # verified at once (the usual case): no Deferred in between
+            return route(self, request, *args, **kwargs)
+        return pending.addCallback(lambda _: route(self, request, *args, **kwargs))
 
     return wrapper
 
@@ -109,12 +116,17 @@ class BoltAPI:
         self._slow_checks = defer.DeferredSemaphore(2)
 
     def resource(self):
-        return self.app.resource()
+        return _Utf8URLs(self.app.resource())
 
     # -- authentication ----------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def authenticate(self, request):
+    def authenticate(self, request) -> defer.Deferred | None:
+        """Check the request's credentials: None when they are good, a Deferred firing once a full
+        (scrypt) check passed, or HTTPError 401/429 -- raised, or as the Deferred's failure.
+
+        A pair verified before is recognised synchronously (:meth:`Credentials.check_fast`), so
+        the usual request costs neither a Deferred nor a thread.
+        """
         client = getattr(request.getClientAddress(), "host", "?")
         wait = self.throttle.retry_after(client)
         if wait > 0:
@@ -124,15 +136,20 @@ class BoltAPI:
         if given is None:
             raise HTTPError(401, "authentication required", {"WWW-Authenticate": 'Basic realm="bolt"'})
         credentials = self.admin.credentials
-        ok = credentials.check_fast(*given)
-        if not ok:
-            ok = yield self._slow_checks.run(self._thread, credentials.check_slow, *given)
+        if credentials.check_fast(*given):
+            self.throttle.succeeded(client)
+            return None
+        d = self._slow_checks.run(self._thread, credentials.check_slow, *given)
+
+        def checked(ok: bool) -> None:
             ok = ok and credentials is self.admin.credentials  # changed meanwhile: old pair is void
-        if not ok:
-            self.throttle.failed(client)
-            self.log.warn("failed login from {client}", client=client)
-            raise HTTPError(401, "invalid credentials", {"WWW-Authenticate": 'Basic realm="bolt"'})
-        self.throttle.succeeded(client)
+            if not ok:
+                self.throttle.failed(client)
+                self.log.warn("failed login from {client}", client=client)
+                raise HTTPError(401, "invalid credentials", {"WWW-Authenticate": 'Basic realm="bolt"'})
+            self.throttle.succeeded(client)
+
+        return d.addCallback(checked)
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -147,7 +164,8 @@ class BoltAPI:
         status = next((code for kind, code in STATUS.items() if failure.check(kind)), 500)
         return _json(request, status, {"error": failure.value.message})
 
-    @app.handle_errors(RouteNotFound)
+    # RequestRedirect: werkzeug would redirect //api//status to /api/status; an API does not guess.
+    @app.handle_errors(RouteNotFound, RequestRedirect)
     def _not_found(self, request, failure):
         return _json(request, 404, {"error": f"no such endpoint: {request.path.decode('utf-8', 'replace')[:200]}"})
 
@@ -166,10 +184,8 @@ class BoltAPI:
 
     @app.route("/api/status", methods=["GET"])
     @authorized
-    @defer.inlineCallbacks
     def status(self, request):
-        body = yield self.manager.status()
-        return _json(request, 200, body)
+        return self.manager.status().addCallback(lambda body: _json(request, 200, body))
 
     @app.route("/api/openapi.json", methods=["GET"])
     @authorized
@@ -336,6 +352,32 @@ class BoltAPI:
     def remove_reverse_forward(self, request, project, name, container_port):
         result = yield shield(self.manager.remove_reverse_forward(project, name, container_port))
         return _json(request, 200, result)
+
+
+class _Utf8URLs(Resource):
+    """The Klein resource behind a check that the path and host name are usable.
+
+    Klein answers a non-UTF-8 URL itself (a text/plain 400 and a logged traceback), and werkzeug's
+    BadHost (a Host header it cannot parse) escapes Klein to twisted.web's HTML 500; every answer of
+    this API is JSON.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request):
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return _json(request, 400, {"error": "the URL or Host header is not valid UTF-8"})
+        try:
+            return self._inner.render(request)
+        except BadHost:
+            return _json(request, 400, {"error": "the Host header is not a host name"})
 
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:

@@ -76,7 +76,11 @@ def _abs_path(value: Any) -> str:
 def _optional_url(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:  # "http://[::1" and other malformed netlocs
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Bad("must be an http:// or https:// URL, or null")
     return value
 
@@ -120,6 +124,8 @@ def _optional_name(value: Any) -> str | None:
 def _host(value: Any) -> str | None:
     if value is None:
         return None
+    if not isinstance(value, str):  # ip_address() also takes integers: 1 would be 0.0.0.1
+        raise _Bad("must be an IP address or null")
     try:
         return str(ipaddress.ip_address(value))
     except (ValueError, TypeError):

@@ -56,8 +56,9 @@ def parse_exec(body: Any) -> ExecRequest:
         if not command.strip():
             raise InvalidInput("command must not be empty")
     timeout = body.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
-            or not 0 < timeout <= MAX_TIMEOUT:
+    # Compare before math.isfinite: JSON integers may be too large for a float (OverflowError).
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT \
+            or not math.isfinite(timeout):
         raise InvalidInput(f"timeout must be a number of seconds greater than 0 and at most {MAX_TIMEOUT:g}")
     stdin = body.get("stdin")
     if stdin is not None:

@@ -110,6 +110,13 @@ class Manager:
                 yield self.host.network.detach(ident)
         known: set[tuple[str, str]] = set()
         for project in self.list_projects():
+            # Every project's cgroup gets its stored limits back, with or without sandboxes: a crash
+            # between writing new limits and storing them must not leave the cgroup disagreeing.
+            try:
+                self.host.cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
+            except cgrouping.CgroupError as e:
+                self.log.error("limits of project {project} could not be restored: {error}",
+                               project=project.name, error=e)
             for sandbox in list(project.sandboxes.values()):
                 known.add((project.name, sandbox.name))
                 try:
@@ -174,8 +181,13 @@ class Manager:
         return bool(rt) and self.host.runtime.alive(rt["pid"], rt["start_time"])
 
     @defer.inlineCallbacks
-    def _boot(self, project: Project, sandbox: Sandbox):
-        """Start a sandbox's pid 1 in its own cgroup and wire its network; returns the runtime record."""
+    def _boot(self, project: Project, sandbox: Sandbox, fresh: bool = False):
+        """Start a sandbox's pid 1 in its own cgroup and wire its network; returns the runtime record.
+
+        ``fresh``: a sandbox being created, whose link id no link can have yet (ids are unique among
+        stored sandboxes, and links of no stored sandbox are removed at start), so there is no
+        earlier link to delete first -- one process less per create.
+        """
         cgroups, name = self.host.cgroups, sandbox.name
         cgroups.ensure_project(project.name, _cgroup_limits(project.resource_limits))
         cgroups.ensure_sandbox(project.name, name)
@@ -184,7 +196,8 @@ class Manager:
             paths = self.host.rootfs.paths(project.name, name)
             process = yield self.host.runtime.start(paths.rootfs, name, cgroups.procs_files(project.name, name))
             net = sandbox.network
-            yield self.host.network.detach(net["link"])  # a link of an earlier life, if any
+            if not fresh:
+                yield self.host.network.detach(net["link"])  # a link of an earlier life, if any
             yield self.host.network.attach(process.pid, net["link"], net["address"])
             yield self.host.firewall.set_sandbox(self._net(project, sandbox))
             yield self.host.firewall.apply_inside(process.pid, self._net(project, sandbox))
@@ -385,7 +398,7 @@ class Manager:
             sandbox.network = {"address": self._allocate_address(), "link": self._new_link_id(project.name, name)}
             undo.push("address", lambda: self.pool.release(sandbox.network["address"]))
             undo.push("firewall rules", lambda: self.host.firewall.remove_sandbox(project.name, name))
-            sandbox.runtime = yield self._boot(project, sandbox)
+            sandbox.runtime = yield self._boot(project, sandbox, fresh=True)
             undo.push("processes", lambda: self._halt(project, sandbox))
             project.sandboxes[name] = sandbox
             undo.push("record", lambda: project.sandboxes.pop(name, None))
@@ -554,15 +567,23 @@ class Manager:
         if self.host.port_busy(host_port):
             raise Conflict(f"host port {host_port} is in use by a program on the host")
         self._claim("s", project.name, sandbox.name)
+        forward = Forward(host_port, container_port)
         try:
-            yield self.host.firewall.add_forward(project.name, sandbox.name, Forward(host_port, container_port))
+            # The rules and the record are written at the same time: the record's durable write (two
+            # fsyncs and a rename) takes about as long as the iptables-restore, and doing one after
+            # the other doubled the wait.  If either fails the other is undone.  A crash in between
+            # is settled at the next start, which rebuilds the rules from the records.
             sandbox.port_mappings[host_port] = container_port
-            try:
-                yield self.store.save(project)
-            except BaseException:
+            applied = self.host.firewall.add_forward(project.name, sandbox.name, forward)
+            saved = self.store.save(project)
+            (rules_ok, rules), (record_ok, record) = yield defer.DeferredList([applied, saved], consumeErrors=True)
+            if not (rules_ok and record_ok):
                 del sandbox.port_mappings[host_port]
-                yield self.host.firewall.remove_forward(project.name, sandbox.name, Forward(host_port, container_port))
-                raise
+                if rules_ok:
+                    yield self.host.firewall.remove_forward(project.name, sandbox.name, forward)
+                if record_ok:
+                    yield self.store.save(project)
+                (record if rules_ok else rules).raiseException()
         finally:
             self._release("s", project.name, sandbox.name)
         self.log.info("forward host port {host_port} -> {project}/{sandbox}:{container_port}", host_port=host_port,
@@ -715,10 +736,11 @@ class Manager:
         data["sandboxes"] = [self.sandbox_json(project, s) for s in self.list_sandboxes(project.name)]
         return data
 
-    @defer.inlineCallbacks
-    def status(self):
+    def status(self) -> defer.Deferred:
         """The reference documentation's status shape, with system figures from a thread."""
-        figures = yield self.system()
+        return self.system().addCallback(self._status)
+
+    def _status(self, figures: dict[str, float]) -> dict[str, Any]:
         projects = []
         for p in self.list_projects():
             limits = p.resource_limits
@@ -737,6 +759,8 @@ class Manager:
 
 def _path_port(value: Any, what: str) -> int:
     """A port number from a URL path segment."""
-    if not isinstance(value, str) or not value.isdigit() or len(value) > 5 or not 1 <= int(value) <= 65535:
+    # isascii: str.isdigit() is also true of "²" (which int() refuses) and of other scripts' digits.
+    if (not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 5
+            or not 1 <= int(value) <= 65535):
         raise InvalidInput(f"{what} in the path must be a port number between 1 and 65535")
     return int(value)

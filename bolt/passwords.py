@@ -19,7 +19,8 @@ from dataclasses import dataclass
 OWASP_COST = {"n": 2 ** 17, "r": 8, "p": 1}
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
-_FORMAT = re.compile(r"scrypt\$n=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+# ASCII digits, few of them: int() refuses numbers of over 4300 digits with a ValueError.
+_FORMAT = re.compile(r"scrypt\$n=([0-9]{1,10}),r=([0-9]{1,10}),p=([0-9]{1,10})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:

@@ -8,6 +8,7 @@ stops the server with a message naming what to fix.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import sys
@@ -31,6 +32,7 @@ from bolt.host.images import ImageStore
 from bolt.host.process import ReactorRunner
 from bolt.host.rootfs import RootFS
 from bolt.host.runtime import Runtime, become_subreaper
+from bolt.lag import LagMonitor
 from bolt.manager import Host, Manager
 from bolt.netplan import AddressPool, FirewallConfig
 from bolt.shell.gateway import ShellGateway
@@ -91,8 +93,18 @@ class BoltService(service.MultiService):
         # it and can reap it when it stops, instead of leaving a zombie to the host's init.
         become_subreaper()
         d = self.manager.start()
-        d.addCallback(lambda _: [child.startService() for child in self])
+        d.addCallback(self._reconciled)
         d.addErrback(self._failed)
+
+    def _reconciled(self, _) -> None:
+        # What exists now (modules, classes, the restored state) lives as long as the process.  Frozen,
+        # it is left out of the cyclic collector's full passes, which run on the reactor thread in
+        # the middle of whatever allocates: with 100 sandboxes and 200 shells such a pass took 40-60 ms
+        # every few seconds over ~75,000 objects; over the ~10,000 created since start it takes ~7 ms.
+        gc.collect()
+        gc.freeze()
+        for child in self:
+            child.startService()
 
     def _failed(self, failure) -> None:
         log.failure("bolt could not reconcile the host with its stored state; stopping", failure)
@@ -152,7 +164,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
                           max_sessions=conf["max_shell_sessions"],
                           max_per_sandbox=conf["max_shell_sessions_per_sandbox"])
     manager = Manager(store, projects, host=host, default_limits=conf["default_resource_limits"],
-                      default_distro=conf["default_distro"], system=system.figures_source(data_dir),
+                      default_distro=conf["default_distro"], system=system.figures_source(data_dir, clock=reactor),
                       shells=shells, allowed_ports=conf["allowed_ports"], reactor=reactor)
     gateway = ShellGateway(manager, reactor, conf["shell_host"] or options["host"],
                            context if conf["shell_tls"] else None)
@@ -162,6 +174,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     top = BoltService(manager, reactor)
     endpoint = endpoints.SSL4ServerEndpoint(reactor, options["port"], context, interface=options["host"])
     StreamServerEndpointService(endpoint, AccessLoggingSite(api.resource())).setServiceParent(top)
+    LagMonitor(reactor).setServiceParent(top)
     log.info("bolt {version} serving https://{host}:{port}/api with data in {data_dir}",
              version=__version__, host=options["host"], port=options["port"], data_dir=data_dir)
     return top

@@ -58,7 +58,9 @@ class ProjectStore:
         return projects
 
     def save(self, project: Project) -> defer.Deferred[None]:
-        data = (json.dumps(project.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        # No indent: with one, json uses its pure-Python encoder, and a project of 100 sandboxes and
+        # 1,000 forwards took ~3 ms of the reactor thread at every save instead of ~0.6 ms.
+        data = (json.dumps(project.to_json(), sort_keys=True) + "\n").encode("utf-8")
         path = self._path(project.name)
         return self._lock.run(self._thread, atomic_write, path, data, 0o600)
 

@@ -35,8 +35,12 @@ def host_addresses() -> list[str]:
 
     found: list[str] = []
     for iface in netifaces.interfaces():
+        try:
+            addresses = netifaces.ifaddresses(iface)
+        except ValueError:  # the interface went away since interfaces() listed it (a veth, a sandbox's link)
+            continue
         for family in (netifaces.AF_INET, netifaces.AF_INET6):
-            for entry in netifaces.ifaddresses(iface).get(family, []):
+            for entry in addresses.get(family, []):
                 addr = entry.get("addr", "").split("%")[0]
                 if addr and addr not in found:
                     found.append(addr)

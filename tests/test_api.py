@@ -188,3 +188,24 @@ class APITestCase(unittest.TestCase):
         self.assertEqual(code, 200)
         self.assertFalse(body["update_available"])
         self.assertIn("update_url", body["reason"])
+
+
+class AccessLogTests(unittest.TestCase):
+    """One bolt.access event per request: a ready-rendered line, with the fields beside it."""
+
+    def test_line_and_fields(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from bolt.web import AccessLoggingSite, BoundedRequest
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        request = BoundedRequest(DummyChannel())
+        request.method, request.path, request.code = b"GET", b"/api/{odd}", 404
+        AccessLoggingSite(None).log(request)
+        [event] = [e for e in events if e.get("log_namespace") == "bolt.access"]
+        self.assertEqual(formatEvent(event), "GET /api/{odd} 404 192.168.1.1 0.0ms")
+        self.assertEqual((event["method"], event["path"], event["status"], event["client"]),
+                         ("GET", "/api/{odd}", 404, "192.168.1.1"))

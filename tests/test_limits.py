@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from bolt import system
@@ -149,6 +149,50 @@ class SystemFiguresTests(unittest.TestCase):
         result = self.successResultOf(source())
         self.assertEqual(calls, [(system.read_figures, ("/var/bolt",))])
         self.assertEqual(result, {"cpu_usage": 1.0, "memory_usage": 2.0, "disk_usage": 3.0})
+
+    def test_figures_reused_for_a_second(self) -> None:
+        clock = task.Clock()
+        calls = []
+
+        def fake_thread(f, *args):
+            calls.append(args)
+            return defer.succeed({"cpu_usage": float(len(calls)), "memory_usage": 2.0, "disk_usage": 3.0})
+
+        source = system.figures_source("/var/bolt", run_in_thread=fake_thread, clock=clock)
+        self.assertEqual(self.successResultOf(source())["cpu_usage"], 1.0)
+        clock.advance(system.MAX_AGE / 2)
+        self.assertEqual(self.successResultOf(source())["cpu_usage"], 1.0)
+        self.assertEqual(len(calls), 1, "a fresh reading is reused")
+        clock.advance(system.MAX_AGE)
+        self.assertEqual(self.successResultOf(source())["cpu_usage"], 2.0)
+        self.assertEqual(len(calls), 2)
+
+    def test_requests_during_a_reading_share_it(self) -> None:
+        clock = task.Clock()
+        pending = []
+
+        def fake_thread(f, *args):
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+        source = system.figures_source("/var/bolt", run_in_thread=fake_thread, clock=clock)
+        first, second = source(), source()
+        self.assertEqual(len(pending), 1, "one reading in flight at a time")
+        self.assertNoResult(first)
+        pending[0].callback({"cpu_usage": 5.0, "memory_usage": 2.0, "disk_usage": 3.0})
+        mine = self.successResultOf(first)
+        self.assertEqual(mine, self.successResultOf(second))
+        mine["cpu_usage"] = -1.0  # callers get copies
+        self.assertEqual(self.successResultOf(source())["cpu_usage"], 5.0)
+
+    def test_failed_reading_is_not_reused(self) -> None:
+        clock = task.Clock()
+        results = [defer.fail(OSError("no /proc")),
+                   defer.succeed({"cpu_usage": 1.0, "memory_usage": 2.0, "disk_usage": 3.0})]
+
+        source = system.figures_source("/var/bolt", run_in_thread=lambda f, *a: results.pop(0), clock=clock)
+        self.failureResultOf(source(), OSError)
+        self.assertEqual(self.successResultOf(source())["cpu_usage"], 1.0)
 
     def test_figures_source_default_thread(self) -> None:
         directory = os.path.abspath(self.mktemp())

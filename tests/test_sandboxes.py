@@ -327,6 +327,18 @@ class NetworkCore(unittest.TestCase):
         self.failureResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}),
                              RuntimeError)
         self.assertEqual(self.manager.get_sandbox("web", "a")[1].port_mappings, {})
+        # The record was written beside the rules; it is written again without the forward.
+        self.assertEqual(self.world.new_manager().get_sandbox("web", "a")[1].port_mappings, {})
+
+    def test_a_failed_save_of_a_forward_removes_its_rules(self):
+        real_save = self.world.store.save
+        self.world.store.save = lambda project: defer.fail(OSError(28, "No space left on device"))
+        self.failureResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}),
+                             OSError)
+        self.world.store.save = real_save
+        self.assertEqual(self.manager.get_sandbox("web", "a")[1].port_mappings, {})
+        self.assertEqual(self.firewall.sandboxes[("web", "a")].forwards, ())
+        self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))
 
     def test_restart_rebuilds_rules_and_removes_stray_links(self):
         self.successResultOf(self.manager.add_forward("web", "a", {"host_port": 10001, "container_port": 80}))

@@ -928,6 +928,21 @@ class TerminalTests(unittest.TestCase):
         self.assertEqual(self.terminal.bytes_out, 7)
         self.assertIsNone(self.terminal.doRead())  # nothing to read: EAGAIN is not an end
 
+    def test_bulk_output_is_passed_on_in_large_pieces(self):
+        self.terminal.start()
+        os.set_blocking(self.slave, False)
+        written = 0
+        try:
+            while written < 20000:  # up to five line-discipline buffers' worth, as much as the PTY takes
+                written += os.write(self.slave, b"x" * (20000 - written))
+        except BlockingIOError:
+            pass
+        self.assertGreater(written, 4096)
+        self.assertIsNone(self.terminal.doRead())
+        self.assertEqual(len(self.output), 1, "one read of the reactor passes on what is there")
+        self.assertGreater(len(self.output[0]), 4096)
+        self.assertEqual(self.terminal.bytes_out, len(self.output[0]))
+
     def test_pausing_stops_reading_the_pty(self):
         self.terminal.start()
         self.terminal.pauseProducing()

@@ -101,7 +101,8 @@ class TelnetCodec:
                     out.append(byte)
             elif state == "iac":
                 if byte == IAC:
-                    out.append(IAC)
+                    out.append(IAC)  # a literal 0xFF: data, so a CR before it no longer pairs with an LF
+                    self._after_cr = False
                     self._state = "data"
                 elif byte in (WILL, WONT, DO, DONT):
                     self._command = byte
