@@ -223,6 +223,12 @@ class NetworkTests(unittest.TestCase):
         f = self.failureResultOf(self.network.detach("0123abcd"), ProcessFailed)
         self.assertIn("Operation not permitted", str(f.value))
 
+    def test_detach_of_a_link_vanishing_under_it_counts_as_gone(self):
+        # The kernel destroys a dead sandbox's netns (and its link) in the background.
+        self.runner.expect(Expect(["ip", "link", "del", "bolt0123abcd"], exit_code=2,
+                                  stderr=b"RTNETLINK answers: No such device\n"))
+        self.assertFalse(self.successResultOf(self.network.detach("0123abcd")))
+
     def test_list_links(self):
         listing = [{"ifname": "bolt0123abcd"}, {"ifname": "veth9"}, {"ifname": "boltzz"}, {"ifname": "vb01234567"}, {"ifname": "boltffffffff"}]
         self.runner.expect(Expect(["ip", "-json", "link", "show", "type", "veth"],
