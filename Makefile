@@ -21,7 +21,7 @@ SOURCES := setup.py $(shell find bolt twisted -name '*.py' -o -name '*.c' 2>/dev
 .PHONY: run test deps venv bench clean deb
 
 run: venv
-	$(BIN)/twistd -n --pidfile= bolt --host $(HOST) --port $(PORT) --config $(CONFIG) --data-dir $(DATA_DIR)
+	$(BIN)/twistd -n --pidfile= --logger=bolt.logs.observer bolt --host $(HOST) --port $(PORT) --config $(CONFIG) --data-dir $(DATA_DIR)
 
 test: venv
 	$(BIN)/python -m twisted.trial --temp-directory=/tmp/bolt-trial $(TESTS)

@@ -147,18 +147,19 @@ class RealServer:
             json.dump(current, f)
 
     def argv(self, *extra: str) -> list[str]:
-        return [TWISTD, "-n", "--pidfile=", "--logfile", self.log_path, "bolt",
+        return [TWISTD, "-n", "--pidfile=", "--logger=bolt.logs.observer", "bolt",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--config", self.config_path, "--data-dir", self.data_dir, *extra]
 
     def start(self, timeout: float = 30.0) -> "RealServer":
-        self.process = subprocess.Popen(self.argv(), env=self.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        # As the packaged service runs: the log on standard output, appended to the log file.
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv(), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                out = self.process.stdout.read().decode(errors="replace")
-                raise AssertionError(f"bolt exited with {self.process.returncode}: {out}\n{self.log()}")
+                raise AssertionError(f"bolt exited with {self.process.returncode}:\n{self.log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
@@ -172,7 +173,6 @@ class RealServer:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
-        self._close()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -182,11 +182,6 @@ class RealServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        if self.process and self.process.stdout:
-            self.process.stdout.close()
 
     def cleanup(self) -> None:
         """Leave the host as it was: sandboxes outlive a killed server by design, so end them too."""
