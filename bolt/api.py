@@ -16,8 +16,8 @@ from typing import Any, Callable
 from klein import Klein
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from werkzeug.exceptions import BadHost, MethodNotAllowed, NotFound as RouteNotFound
+from twisted.python.failure import Failure
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 from werkzeug.routing import RequestRedirect
 
 from bolt import errors, openapi
@@ -25,7 +25,7 @@ from bolt.admin import AdminAccount
 from bolt.manager import Manager
 from bolt.throttle import Throttle
 from bolt.updates import UpdateChecker
-from bolt.web import shield
+from bolt.web import BadURL, KleinRoutes, shield
 
 STATUS: dict[type[errors.BoltError], int] = {
     errors.InvalidInput: 400,
@@ -115,8 +115,8 @@ class BoltAPI:
         # scrypt costs 128 MiB and ~0.3 s; never run more than two at once, whatever arrives.
         self._slow_checks = defer.DeferredSemaphore(2)
 
-    def resource(self):
-        return _Utf8URLs(self.app.resource())
+    def resource(self) -> KleinRoutes:
+        return KleinRoutes(self.app, self.error_response)
 
     # -- authentication ----------------------------------------------------------------------
 
@@ -153,30 +153,27 @@ class BoltAPI:
 
     # -- errors --------------------------------------------------------------------------------
 
-    @app.handle_errors(HTTPError)
-    def _http_error(self, request, failure):
-        for name, value in failure.value.headers.items():
-            request.setHeader(name.encode(), value.encode())
-        return _json(request, failure.value.status, {"error": failure.value.message})
-
-    @app.handle_errors(errors.BoltError)
-    def _bolt_error(self, request, failure):
-        status = next((code for kind, code in STATUS.items() if failure.check(kind)), 500)
-        return _json(request, status, {"error": failure.value.message})
-
-    # RequestRedirect: werkzeug would redirect //api//status to /api/status; an API does not guess.
-    @app.handle_errors(RouteNotFound, RequestRedirect)
-    def _not_found(self, request, failure):
-        return _json(request, 404, {"error": f"no such endpoint: {request.path.decode('utf-8', 'replace')[:200]}"})
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        allowed = ", ".join(sorted(failure.value.valid_methods or ()))
-        request.setHeader(b"Allow", allowed.encode())
-        return _json(request, 405, {"error": f"method {request.method.decode()} not allowed here; allowed: {allowed}"})
-
-    @app.handle_errors(Exception)
-    def _internal(self, request, failure):
+    def error_response(self, request, failure: Failure) -> bytes:
+        """The JSON answer to any failure of a request: :data:`STATUS` for core errors, 401/413/429
+        from the face, 404/405 from routing, 500 (logged) for anything else."""
+        error = failure.value
+        if isinstance(error, HTTPError):
+            for name, value in error.headers.items():
+                request.setHeader(name.encode(), value.encode())
+            return _json(request, error.status, {"error": error.message})
+        if isinstance(error, errors.BoltError):
+            status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 500)
+            return _json(request, status, {"error": error.message})
+        if isinstance(error, BadURL):
+            return _json(request, 400, {"error": str(error)})
+        # RequestRedirect: werkzeug would redirect //api//status to /api/status; an API does not guess.
+        if isinstance(error, (RouteNotFound, RequestRedirect)):
+            return _json(request, 404, {"error": f"no such endpoint: {request.path.decode('utf-8', 'replace')[:200]}"})
+        if isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(sorted(error.valid_methods or ()))
+            request.setHeader(b"Allow", allowed.encode())
+            return _json(request, 405, {"error": f"method {request.method.decode('latin-1')} not allowed here; "
+                                                 f"allowed: {allowed}"})
         self.log.failure("internal error on {path}", failure, path=request.path.decode("utf-8", "replace"))
         return _json(request, 500, {"error": "internal error; see the server log"})
 
@@ -352,32 +349,6 @@ class BoltAPI:
     def remove_reverse_forward(self, request, project, name, container_port):
         result = yield shield(self.manager.remove_reverse_forward(project, name, container_port))
         return _json(request, 200, result)
-
-
-class _Utf8URLs(Resource):
-    """The Klein resource behind a check that the path and host name are usable.
-
-    Klein answers a non-UTF-8 URL itself (a text/plain 400 and a logged traceback), and werkzeug's
-    BadHost (a Host header it cannot parse) escapes Klein to twisted.web's HTML 500; every answer of
-    this API is JSON.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner) -> None:
-        super().__init__()
-        self._inner = inner
-
-    def render(self, request):
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
-        except UnicodeDecodeError:
-            return _json(request, 400, {"error": "the URL or Host header is not valid UTF-8"})
-        try:
-            return self._inner.render(request)
-        except BadHost:
-            return _json(request, 400, {"error": "the Host header is not a host name"})
 
 
 def _only(body: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
