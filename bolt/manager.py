@@ -747,14 +747,19 @@ class Manager:
             projects.append({
                 "name": p.name,
                 "sandboxes": [{"name": s.name, "distro": s.distro, "created_at": s.created_at,
-                               "port_mappings": {str(k): v for k, v in sorted(s.port_mappings.items())},
-                               "reverse_port_mappings": {str(k): v for k, v in sorted(s.reverse_port_mappings.items())}}
+                               "port_mappings": _by_port(s.port_mappings),
+                               "reverse_port_mappings": _by_port(s.reverse_port_mappings)}
                               for s in self.list_sandboxes(p.name)],
                 "resource_limits": {"cpu_quota_us": limits.cpu_quota_us,
                                     "memory_limit_bytes": limits.memory_limit_bytes},
                 "created_at": p.created_at,
             })
         return {"projects": projects, "system": figures, "version": __version__}
+
+
+def _by_port(mappings: dict[int, Any]) -> dict[str, Any]:
+    """A port mapping as JSON shows it: keys as strings, in port order."""
+    return {str(port): mappings[port] for port in sorted(mappings)} if mappings else {}
 
 
 def _path_port(value: Any, what: str) -> int:
