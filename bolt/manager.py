@@ -26,7 +26,7 @@ from bolt.host import images as imaging
 from bolt.host import runtime as running
 from bolt.netplan import AddressPool, Forward, PoolExhausted, ReverseForward, SandboxNet, link_id
 from bolt.limits import validate_limits
-from bolt.model import Project, ResourceLimits, Sandbox, utc_now_iso, validate_name
+from bolt.model import Project, ResourceLimits, Sandbox, ports_json, utc_now_iso, validate_name
 from bolt.rollback import Rollback
 from bolt.shells import ShellTickets, Ticket
 from bolt.store import ProjectStore
@@ -661,8 +661,8 @@ class Manager:
 
     @staticmethod
     def _forwards_json(sandbox: Sandbox) -> dict[str, Any]:
-        return {"port_mappings": {str(k): v for k, v in sorted(sandbox.port_mappings.items())},
-                "reverse_port_mappings": {str(k): v for k, v in sorted(sandbox.reverse_port_mappings.items())}}
+        return {"port_mappings": ports_json(sandbox.port_mappings),
+                "reverse_port_mappings": ports_json(sandbox.reverse_port_mappings)}
 
     # -- shells ----------------------------------------------------------------------------------
 
@@ -747,19 +747,14 @@ class Manager:
             projects.append({
                 "name": p.name,
                 "sandboxes": [{"name": s.name, "distro": s.distro, "created_at": s.created_at,
-                               "port_mappings": _by_port(s.port_mappings),
-                               "reverse_port_mappings": _by_port(s.reverse_port_mappings)}
+                               "port_mappings": ports_json(s.port_mappings),
+                               "reverse_port_mappings": ports_json(s.reverse_port_mappings)}
                               for s in self.list_sandboxes(p.name)],
                 "resource_limits": {"cpu_quota_us": limits.cpu_quota_us,
                                     "memory_limit_bytes": limits.memory_limit_bytes},
                 "created_at": p.created_at,
             })
         return {"projects": projects, "system": figures, "version": __version__}
-
-
-def _by_port(mappings: dict[int, Any]) -> dict[str, Any]:
-    """A port mapping as JSON shows it: keys as strings, in port order."""
-    return {str(port): mappings[port] for port in sorted(mappings)} if mappings else {}
 
 
 def _path_port(value: Any, what: str) -> int:

@@ -13,6 +13,11 @@ from typing import Any
 
 from bolt.errors import InvalidInput
 
+def ports_json(mappings: dict[int, int]) -> dict[str, int]:
+    """A port mapping as JSON has it: port numbers as string keys, in port order."""
+    return {str(port): mappings[port] for port in sorted(mappings)} if mappings else {}
+
+
 NAME_RULE = ("a name is 1-63 characters of a-z, 0-9, '-' and '_', "
              "starting with a letter or digit")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -67,8 +72,8 @@ class Sandbox:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "distro": self.distro, "created_at": self.created_at,
                 "state": self.state, "network": dict(self.network),
-                "port_mappings": {str(k): v for k, v in sorted(self.port_mappings.items())},
-                "reverse_port_mappings": {str(k): v for k, v in sorted(self.reverse_port_mappings.items())},
+                "port_mappings": ports_json(self.port_mappings),
+                "reverse_port_mappings": ports_json(self.reverse_port_mappings),
                 "runtime": dict(self.runtime)}
 
     @classmethod
