@@ -65,9 +65,12 @@ class KleinRoutesTests(unittest.TestCase):
         self.channel.makeConnection(self.transport)
         self.addCleanup(self.channel.connectionLost, Failure(ConnectionError("test over")))
 
-    def send(self, method: bytes, path: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    def send(self, method: bytes, path: bytes, headers: bytes = b"", body: bytes = b""
+             ) -> tuple[bytes, dict[bytes, bytes], bytes]:
         """Send one request; (status line, headers, body) of what was written so far."""
-        self.channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: bolt.test\r\n\r\n")
+        length = b"Content-Length: %d\r\n" % len(body) if body else b""
+        self.channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: bolt.test\r\n" + headers + length
+                                  + b"\r\n" + body)
         return self.written()
 
     def written(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
@@ -131,3 +134,13 @@ class KleinRoutesTests(unittest.TestCase):
     def test_head_gets_the_headers_of_get_and_no_body(self) -> None:
         status, headers, body = self.send(b"HEAD", b"/now/hello")
         self.assertEqual((status, headers[b"content-length"], body), (b"HTTP/1.1 200 OK", b"9", b""))
+
+    def test_bodies_are_not_parsed_as_forms_whatever_their_content_type(self) -> None:
+        """A Content-Type with a 0x85 byte made twisted.web's form parsing raise: no answer at all."""
+        for ctype in (b"application/json\x85", b"multipart/form-data; boundary=\x85",
+                      b"application/x-www-form-urlencoded"):
+            status, _, _ = self.send(b"POST", b"/later", b"Content-Type: " + ctype + b"\r\n", b"a=1&b=2")
+            self.assertEqual(status, b"", ctype)  # no answer yet: the route is waiting ...
+            self.assertFalse(self.transport.disconnecting, ctype)  # ... on a connection still open
+            self.app.pending[-1].callback(b"answered")
+            self.assertEqual(self.written()[2], b"answered", ctype)
