@@ -334,6 +334,7 @@ class ExecTests(unittest.TestCase):
         kw.setdefault("cgroup_procs", CGROUPS)
         kw.setdefault("timeout", 30)
         d = self.runtime.exec(42, argv, **kw)
+        self.reactor.advance(0)  # the turn ends (see Spawner): whatever waited for a turn has started
         spawned = self.reactor.spawned[-1]
         return d, spawned, spawned["transport"]
 

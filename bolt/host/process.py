@@ -138,29 +138,97 @@ class _Collector(protocol.ProcessProtocol):
             self.deferred.callback(result)
 
 
-class ReactorRunner:
-    """The real runner: ``spawnProcess`` with a clean environment and no inherited descriptors.
+class Spawner:
+    """The one way Bolt starts processes: ``reactor.spawnProcess``, at most :attr:`PER_TURN` per turn.
 
-    Cancelling the returned Deferred terminates the command (SIGTERM, then SIGKILL after
-    :data:`KILL_GRACE` seconds) and fails the Deferred with ``CancelledError``.
+    Starting a process blocks the reactor thread until the child has called exec (posix_spawn waits
+    for it as vfork does): ~2.5 ms on the development VM when idle, 5-30 ms and more when its CPUs
+    are busy, because the child must be scheduled first.  Twenty sandbox creates in flight finish a
+    step together, or a hundred clients open shells at once, and would start that many processes in
+    one turn -- 100-200 ms without a timer or a request being served.  Here the first
+    :attr:`PER_TURN` processes of a turn start at once; later ones wait, in order, for the next
+    turns, and the reactor serves everything else in between.
+
+    Host commands (:class:`ReactorRunner`), execs and shell helpers (bolt.host.runtime and
+    bolt.host.terminal) share one Spawner, so the limit holds for all of them together.
     """
 
     log = Logger()
 
-    #: Processes started per turn of the reactor, at most.  Starting one blocks the reactor thread
-    #: until the child has called exec (posix_spawn waits for it as vfork does): ~2.5 ms on the
-    #: development VM when idle, 5-30 ms and more when its CPUs are busy, because the child must be
-    #: scheduled first.  Twenty sandbox creates in flight finish a step together and would start
-    #: twenty processes in one turn -- 100-200 ms without a timer or a request being served.  Queued
-    #: and started a few per turn, they let the reactor handle everything else in between.
-    SPAWNS_PER_TURN = 2
+    PER_TURN = 2
 
     def __init__(self, reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self._queue: deque[tuple[_Collector, dict]] = deque()
+        self._queue: deque[tuple[defer.Deferred, protocol.ProcessProtocol, dict]] = deque()
+        self._started = 0  # in this turn
         self._turn = None
+
+    def spawn(self, process_protocol: protocol.ProcessProtocol, executable: str, args: Sequence[str], *,
+              env: Mapping[str, str], childFDs: dict, path: str | None = None) -> defer.Deferred:
+        """Start a process now or in a later turn.
+
+        Fires with its transport once started, or fails with what ``spawnProcess`` raised.
+        Cancelling it before the start drops the process from the queue: it never starts.
+        """
+        d: defer.Deferred = defer.Deferred(self._drop)
+        entry = (d, process_protocol, dict(executable=executable, args=tuple(args), env=dict(env), path=path,
+                                           childFDs=childFDs))
+        if not self._queue and self._started < self.PER_TURN:
+            self._start(entry)
+        else:
+            self._queue.append(entry)
+        self._schedule()
+        return d
+
+    def waiting(self) -> int:
+        """How many processes wait for a later turn."""
+        return len(self._queue)
+
+    def _start(self, entry: tuple[defer.Deferred, protocol.ProcessProtocol, dict]) -> None:
+        d, process_protocol, kwargs = entry
+        self._started += 1
+        self.log.debug("running {argv}", argv=list(kwargs["args"]))
+        try:
+            transport = self.reactor.spawnProcess(process_protocol, **kwargs)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(transport)
+
+    def _drop(self, d: defer.Deferred) -> None:
+        for entry in self._queue:
+            if entry[0] is d:
+                self._queue.remove(entry)
+                return
+
+    def _schedule(self) -> None:
+        if self._turn is None and (self._started or self._queue):
+            self._turn = self.reactor.callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        self._started = 0
+        while self._queue and self._started < self.PER_TURN:
+            self._start(self._queue.popleft())
+        self._schedule()
+
+
+class ReactorRunner:
+    """The real runner: processes started by a :class:`Spawner`, with a clean environment and no
+    inherited descriptors.
+
+    Cancelling the returned Deferred terminates the command (SIGTERM, then SIGKILL after
+    :data:`KILL_GRACE` seconds) and fails the Deferred with ``CancelledError``; a command that has
+    not started yet never starts.
+    """
+
+    def __init__(self, reactor=None, spawner: Spawner | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.spawner = spawner or Spawner(reactor)
 
     def run(
         self,
@@ -176,15 +244,13 @@ class ReactorRunner:
         if not args or not all(isinstance(a, str) for a in args):
             raise TypeError("argv must be a non-empty sequence of str")
         collector: _Collector | None = None
-        spawn = dict(executable=args[0], args=args, env=dict(env if env is not None else DEFAULT_ENV),
-                     path=path, childFDs={0: "w", 1: "r", 2: "r"})
+        started: defer.Deferred | None = None
 
         def cancel(d: defer.Deferred) -> None:
             transport = collector.transport if collector else None
             if transport is None or transport.pid is None:
-                # Not started yet: it never will be (the Deferred fails with CancelledError).
-                if (collector, spawn) in self._queue:
-                    self._queue.remove((collector, spawn))
+                if started is not None:
+                    started.cancel()  # not started yet: it never will be
                 return
             self._signal(transport, "TERM")
             kill = self.reactor.callLater(KILL_GRACE, self._signal, transport, "KILL")
@@ -192,25 +258,10 @@ class ReactorRunner:
 
         d: defer.Deferred[ProcessResult] = defer.Deferred(cancel)
         collector = _Collector(args, stdin, on_line, check, d)
-        self._queue.append((collector, spawn))
-        if self._turn is None:
-            self._turn = self.reactor.callLater(0, self._start_some)
+        started = self.spawner.spawn(collector, args[0], args, env=env if env is not None else DEFAULT_ENV,
+                                     path=path, childFDs={0: "w", 1: "r", 2: "r"})
+        started.addErrback(_unless_cancelled, d)
         return d
-
-    def _start_some(self) -> None:
-        """Start the next few queued processes; the rest wait for the next turn of the reactor."""
-        self._turn = None
-        for _ in range(self.SPAWNS_PER_TURN):
-            if not self._queue:
-                return
-            collector, spawn = self._queue.popleft()
-            self.log.debug("running {argv}", argv=list(spawn["args"]))
-            try:
-                self.reactor.spawnProcess(collector, **spawn)
-            except Exception:
-                collector.deferred.errback()
-        if self._queue:
-            self._turn = self.reactor.callLater(0, self._start_some)
 
     @staticmethod
     def _signal(transport, name: str) -> None:
@@ -218,3 +269,9 @@ class ReactorRunner:
             transport.signalProcess(name)
         except error.ProcessExitedAlready:
             pass
+
+
+def _unless_cancelled(failure, d: defer.Deferred) -> None:
+    """A process that could not start fails ``d``; one dropped from the queue was cancelled by ``d``."""
+    if not failure.check(defer.CancelledError) and not d.called:
+        d.errback(failure)

@@ -17,9 +17,9 @@ Docker's default profile refuses (module loading, mounts, new namespaces, keyrin
 sandbox is stopped.  A :class:`SandboxProcess` names pid 1 by host pid *and* start time (field 22 of
 ``/proc/PID/stat``), so a recycled pid is never mistaken for the sandbox.
 
-Running a command (:meth:`Runtime.exec`) spawns ``bolt-sandbox enter`` directly with
-``reactor.spawnProcess`` and its own protocol, because it needs a capped, streaming capture and a
-timeout.  The helper joins the cgroups and namespaces of pid 1, forks, drops the same capabilities,
+Running a command (:meth:`Runtime.exec`) starts ``bolt-sandbox enter`` with its own process
+protocol rather than through the runner, because it needs a capped, streaming capture and a
+timeout; it is started by the same :class:`~bolt.host.process.Spawner` as everything else.  The helper joins the cgroups and namespaces of pid 1, forks, drops the same capabilities,
 installs the same seccomp filter and executes the command in a session of its own.  Descriptors of
 the helper::
 
@@ -63,8 +63,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from bolt.host.process import KILL_GRACE, ProcessRunner
+from bolt.host.process import KILL_GRACE, ProcessRunner, Spawner
 
 #: Hostnames follow the rule for project and sandbox names.  ('_' is not valid in DNS host names,
 #: but sethostname(2) accepts it, and a sandbox's hostname is its name.)
@@ -398,7 +399,7 @@ class _ExecProtocol(protocol.ProcessProtocol):
         self.stdin = stdin
         self.timeout = timeout
         self.captures = {1: _Capture(max_output), 2: _Capture(max_output), STATUS_FD: _Capture(_STATUS_LIMIT)}
-        self.started = runtime.reactor.seconds()
+        self.started = 0.0  # when the helper started (it may wait for its turn: see Spawner)
         self.ended: float | None = None
         self.timed_out = False
         self.killed = False
@@ -408,6 +409,7 @@ class _ExecProtocol(protocol.ProcessProtocol):
     # lifecycle
 
     def connectionMade(self) -> None:
+        self.started = self.runtime.reactor.seconds()
         self.transport.writeToChild(ENV_FD, self.env_blob)
         self.transport.closeChildFD(ENV_FD)
         if self.stdin:
@@ -579,19 +581,22 @@ def become_subreaper() -> bool:
 class Runtime:
     """Start sandboxes (pid 1 in new namespaces) and run commands inside them.
 
-    ``runner`` runs ``bolt-sandbox init``; ``reactor`` spawns ``bolt-sandbox enter`` and provides
-    the clock for timeouts; ``binary`` is the helper's path (default: the one built into the
-    package, found on first use).  ``proc_dir`` and ``kill`` exist for tests.
+    ``runner`` runs ``bolt-sandbox init``; ``spawner`` starts ``bolt-sandbox enter`` for execs and
+    terminals (by default the runner's, so all of them share one pace); ``reactor`` provides the
+    clock for timeouts; ``binary`` is the helper's path (default: the one built into the package,
+    found on first use).  ``proc_dir`` and ``kill`` exist for tests.
     """
 
     log = Logger()
 
     def __init__(self, runner: ProcessRunner, reactor=None, binary: str | None = None, *,
-                 proc_dir: str = "/proc", kill: Callable[[int, int], None] = os.kill) -> None:
+                 spawner: Spawner | None = None, proc_dir: str = "/proc",
+                 kill: Callable[[int, int], None] = os.kill) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.runner = runner
         self.reactor = reactor
+        self.spawner = spawner or getattr(runner, "spawner", None) or Spawner(reactor)
         self._binary = binary
         self.proc_dir = proc_dir
         self._kill = kill
@@ -685,7 +690,7 @@ class Runtime:
                       env: Mapping[str, str] | None, start_time: int | None, rows: int, columns: int):
         """A new PTY inside the sandbox running ``command``; see :mod:`bolt.host.terminal`."""
         from bolt.host.terminal import open_terminal
-        return open_terminal(self.reactor, self.binary, pid, command, cgroup_procs=cgroup_procs, env=env,
+        return open_terminal(self.reactor, self.spawner, self.binary, pid, command, cgroup_procs=cgroup_procs, env=env,
                              start_time=start_time, rows=rows, columns=columns)
 
     # --- commands ---
@@ -714,18 +719,25 @@ class Runtime:
         args = enter_argv(self.binary, pid, command, cgroup_procs=cgroup_procs, cwd=cwd, start_time=start_time)
 
         proto: _ExecProtocol | None = None
+        started: defer.Deferred | None = None
 
         def cancel(d: defer.Deferred) -> None:
-            if proto is not None:
+            if started is not None and not started.called:
+                started.cancel()  # still waiting for its turn: it never starts
+            elif proto is not None:
                 proto.kill()
 
         d: defer.Deferred[ExecResult] = defer.Deferred(cancel)
         proto = _ExecProtocol(self, d, blob, bytes(stdin) if stdin is not None else None, max_output, float(timeout))
         self.log.debug("exec in sandbox pid {pid}: {argv}", pid=pid, argv=command)
-        self.reactor.spawnProcess(
-            proto, self.binary, args, env={}, path=None,
-            childFDs={0: "w", 1: "r", 2: "r", ENV_FD: "w", STATUS_FD: "r"},
-        )
+        started = self.spawner.spawn(proto, self.binary, args, env={},
+                                     childFDs={0: "w", 1: "r", 2: "r", ENV_FD: "w", STATUS_FD: "r"})
+
+        def not_started(failure: Failure) -> None:
+            if not failure.check(defer.CancelledError) and not d.called:
+                d.errback(ExecFailed(f"could not start {self.binary}: {failure.getErrorMessage()}"))
+
+        started.addErrback(not_started)
         return d
 
     def kill_tree(self, root: int) -> list[int]:

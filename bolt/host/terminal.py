@@ -26,6 +26,7 @@ from twisted.internet import abstract, defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bolt.host.process import Spawner
 from bolt.host.runtime import (ENV_FD, STATUS_FD, encode_environment, enter_argv, exec_environment,
                                parse_status)
 
@@ -199,48 +200,57 @@ class _MasterReceiver(abstract.FileDescriptor):
             self.received.errback(TerminalFailed("the helper ended before handing over a terminal"))
 
 
-def open_terminal(reactor, binary: str, pid: int, command: Sequence[str], *, cgroup_procs: Sequence[str],
-                  env: Mapping[str, str] | None, start_time: int | None, rows: int = 24, columns: int = 80,
-                  cwd: str | None = None) -> defer.Deferred[Terminal]:
-    """Start ``command`` on a new terminal inside the sandbox of ``pid``; fire with its :class:`Terminal`."""
+def open_terminal(reactor, spawner: Spawner, binary: str, pid: int, command: Sequence[str], *,
+                  cgroup_procs: Sequence[str], env: Mapping[str, str] | None, start_time: int | None,
+                  rows: int = 24, columns: int = 80, cwd: str | None = None) -> defer.Deferred[Terminal]:
+    """Start ``command`` on a new terminal inside the sandbox of ``pid``; fire with its :class:`Terminal`.
+
+    The helper is started by ``spawner`` (perhaps a turn or two later); cancelling before then
+    means it never starts.
+    """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     argv = enter_argv(binary, pid, command, cgroup_procs=cgroup_procs, cwd=cwd, start_time=start_time)
     dash = argv.index("--")
     argv[dash:dash] = ["--pty-fd", str(PTY_FD), "--winsize", f"{int(rows)},{int(columns)}"]
     helper = _HelperProtocol(encode_environment(exec_environment(env)))
-    try:
-        reactor.spawnProcess(helper, binary, argv, env={},
-                             childFDs={0: "w", 1: "r", 2: "r", ENV_FD: "w", STATUS_FD: "r", PTY_FD: theirs.fileno()})
-    except BaseException:
-        ours.close()
-        raise
-    finally:
+    started = spawner.spawn(helper, binary, argv, env={},
+                            childFDs={0: "w", 1: "r", 2: "r", ENV_FD: "w", STATUS_FD: "r", PTY_FD: theirs.fileno()})
+
+    def not_started(failure: Failure):
         theirs.close()
+        ours.close()
+        if failure.check(defer.CancelledError):
+            return failure
+        return Failure(TerminalFailed(f"could not start {binary}: {failure.getErrorMessage()}"))
 
-    received: defer.Deferred[int] = defer.Deferred()
-    receiver = _MasterReceiver(ours, reactor, received)
-    receiver.startReading()
+    def spawned(_) -> defer.Deferred[Terminal]:
+        theirs.close()  # the helper has its own copy
+        received: defer.Deferred[int] = defer.Deferred()
+        receiver = _MasterReceiver(ours, reactor, received)
+        receiver.startReading()
 
-    def ended_first(_):
-        if not received.called:
-            receiver.loseConnection()
+        def ended_first(_):
+            if not received.called:
+                receiver.loseConnection()
 
-    helper.ended.addBoth(ended_first)
+        helper.ended.addBoth(ended_first)
 
-    def wrap(fd: int) -> Terminal:
-        return Terminal(fd, helper, reactor)
+        def wrap(fd: int) -> Terminal:
+            return Terminal(fd, helper, reactor)
 
-    def failed(failure: Failure):
-        if failure.check(TerminalFailed):
-            # The helper's own report says more than "socket closed"; wait for it to end.
-            d = defer.Deferred()
-            helper.ended.addBoth(lambda _: d.errback(helper.failure()))
-            helper.signal("KILL")
-            return d
-        return failure
+        def failed(failure: Failure):
+            if failure.check(TerminalFailed):
+                # The helper's own report says more than "socket closed"; wait for it to end.
+                d = defer.Deferred()
+                helper.ended.addBoth(lambda _: d.errback(helper.failure()))
+                helper.signal("KILL")
+                return d
+            return failure
 
-    return received.addCallbacks(wrap, failed)
+        return received.addCallbacks(wrap, failed)
+
+    return started.addCallbacks(spawned, not_started)
 
 
 __all__ = ["Terminal", "TerminalFailed", "open_terminal", "PTY_FD"]
