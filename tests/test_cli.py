@@ -182,14 +182,20 @@ class TreeTests(unittest.SynchronousTestCase):
             climain._env_pairs(["=1"], {})
 
     def test_the_cli_is_a_face_standard_library_only(self):
-        """It imports neither the core, the host adapters, Twisted nor any other third-party package."""
+        """It imports neither the core, the host adapters, Twisted nor any other third-party package; of
+        the server's modules only the shell's telnet codec (pure, standard library), the wire protocol
+        both ends speak."""
         code = ("import sys, bolt.cli.main; "
                 "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in "
                 "('bolt', 'twisted', 'klein', 'OpenSSL', 'cryptography', 'psutil', 'netifaces', 'treq'))))")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         modules = set(result.stdout.split())
-        self.assertEqual({m for m in modules if not m.startswith("bolt.cli")}, {"bolt"})
+        self.assertEqual({m for m in modules if not m.startswith("bolt.cli")},
+                         {"bolt", "bolt.shell", "bolt.shell.telnet"})
+        with open(server_telnet.__file__) as f:
+            imports = {line.split()[1] for line in f if line.startswith(("import ", "from "))}
+        self.assertEqual(imports, {"__future__", "dataclasses"})
 
 
 class CompletionTests(unittest.SynchronousTestCase):

@@ -358,9 +358,26 @@ class TelnetCodecTests(unittest.TestCase):
                          (b"abc", []))
 
     def test_oversized_subnegotiation_is_bounded_and_dropped(self):
-        out, events = self.codec.feed(bytes([IAC, SB, TTYPE, 0]) + b"a" * 100_000 + bytes([IAC, SE]) + b"ok")
+        stream = bytes([IAC, SB, TTYPE, 0]) + b"a" * 100_000 + bytes([IAC, SE]) + b"ok"
+        out, events = self.codec.feed(stream)
         self.assertEqual((out, events), (b"ok", []))
-        self.assertLessEqual(len(self.codec._sub), 256)
+        # What the parser keeps of it: the first 256 bytes, whatever was sent.
+        self.assertEqual(telnet.TelnetParser().feed(stream), (b"ok", [bytes([TTYPE, 0]) + b"a" * 254]))
+
+    def test_the_parser_reports_commands_in_order_split_anywhere(self):
+        stream = (b"a" + bytes([IAC, WILL, NAWS]) + b"b" + bytes([IAC, SB, NAWS, 0, 80, 0, IAC, IAC, IAC, SE])
+                  + bytes([IAC, IAC, IAC, 241, IAC, DONT, ECHO]) + b"c")
+        expected = (b"ab\xffc", [(WILL, NAWS), bytes([NAWS, 0, 80, 0, 255]), (DONT, ECHO)])
+        self.assertEqual(telnet.TelnetParser().feed(stream), expected)
+        parser, text, commands = telnet.TelnetParser(), b"", []
+        for byte in stream:  # one byte per read
+            more, found = parser.feed(bytes([byte]))
+            text, commands = text + more, commands + found
+        self.assertEqual((text, commands), expected)
+        self.assertTrue(parser.seen_command)
+        plain = telnet.TelnetParser()
+        self.assertEqual(plain.feed(b"plain\r\n"), (b"plain\r\n", []))
+        self.assertFalse(plain.seen_command)
 
     def test_line_end_skips_telnet_commands(self):
         self.assertEqual(telnet.line_end(b"token\r\nmore\n"), 6)

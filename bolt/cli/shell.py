@@ -37,25 +37,20 @@ import termios
 import time
 import tty
 
-IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
-ECHO, SGA, TTYPE, NAWS = 1, 3, 24, 31
-TTYPE_IS, TTYPE_SEND = 0, 1
+from bolt.shell.telnet import (DO, DONT, ECHO, IAC, NAWS, SB, SE, SGA, TTYPE, TTYPE_IS, TTYPE_SEND, WILL, WONT,
+                               TelnetParser, escape)
+
 CTRL_D = b"\x04"
 DEFAULT_ESCAPE = 0x1D  # Ctrl-]
 #: How long to wait for the server's first answer to the token (its greeting, or an error line).
 ANSWER_TIMEOUT = 30.0
 #: Line mode, after the end of the input: quiet seconds before the first end-of-file, then between.
 EOF_QUIET = (0.5, 1.0)
-_MAX_SUB = 256
 _MAX_BUFFERED = 256 * 1024
 
 
 class ShellError(Exception):
     """The shell could not be opened; the message is the server's error line or the reason."""
-
-
-def escape_iac(data: bytes) -> bytes:
-    return data.replace(b"\xff", b"\xff\xff")
 
 
 def encode_input(data: bytes) -> bytes:
@@ -74,7 +69,7 @@ def encode_input(data: bytes) -> bytes:
 def naws(rows: int, columns: int) -> bytes:
     """IAC SB NAWS <width:2> <height:2> IAC SE, with any 0xFF byte of the numbers doubled."""
     body = struct.pack(">HH", max(0, min(columns, 65535)), max(0, min(rows, 65535)))
-    return bytes([IAC, SB, NAWS]) + escape_iac(body) + bytes([IAC, SE])
+    return bytes([IAC, SB, NAWS]) + escape(body) + bytes([IAC, SE])
 
 
 def parse_escape_char(text: str) -> int | None:
@@ -89,57 +84,24 @@ def parse_escape_char(text: str) -> int | None:
 
 
 class TelnetClient:
-    """The client half of the negotiation, pure: bytes in, (terminal bytes, bytes to send) out."""
+    """The client half of the negotiation, pure: bytes in, (terminal bytes, bytes to send) out.
+
+    The byte stream is split by the same :class:`~bolt.shell.telnet.TelnetParser` the server uses;
+    what differs is the policy: which options to agree to, and what to answer.
+    """
 
     def __init__(self, term: str, size: tuple[int, int] | None) -> None:
         self.term = term
         self.size = size  # (rows, columns), None when there is no terminal to measure
         self.will: set[int] = set()  # options we agreed to perform (NAWS, TTYPE, SGA)
         self.do: set[int] = set()  # options we asked the server to perform (ECHO, SGA)
-        self.negotiating = False  # True once the server sent any telnet command
-        self._state = "data"
-        self._command = 0
-        self._sub = bytearray()
+        self._parser = TelnetParser()
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
-        out, replies = bytearray(), bytearray()
-        for byte in data:
-            state = self._state
-            if state == "data":
-                if byte == IAC:
-                    self._state = "iac"
-                    self.negotiating = True
-                else:
-                    out.append(byte)
-            elif state == "iac":
-                if byte == IAC:
-                    out.append(IAC)
-                    self._state = "data"
-                elif byte in (WILL, WONT, DO, DONT):
-                    self._command = byte
-                    self._state = "option"
-                elif byte == SB:
-                    self._sub.clear()
-                    self._state = "sb"
-                else:
-                    self._state = "data"  # NOP, GA, DM...: nothing to show, nothing to answer
-            elif state == "option":
-                self._state = "data"
-                replies += self._option(self._command, byte)
-            elif state == "sb":
-                if byte == IAC:
-                    self._state = "sb-iac"
-                elif len(self._sub) < _MAX_SUB:
-                    self._sub.append(byte)
-            elif state == "sb-iac":
-                if byte == SE:
-                    self._state = "data"
-                    replies += self._subnegotiation(bytes(self._sub))
-                else:
-                    if len(self._sub) < _MAX_SUB:
-                        self._sub.append(byte)
-                    self._state = "sb"
-        return bytes(out), bytes(replies)
+        text, commands = self._parser.feed(data)
+        replies = b"".join(self._option(*command) if isinstance(command, tuple) else self._subnegotiation(command)
+                           for command in commands)
+        return text, replies
 
     def _option(self, command: int, option: int) -> bytes:
         # Answer only changes of state, so two agreeing sides never echo acknowledgements forever.
@@ -174,7 +136,7 @@ class TelnetClient:
     def _subnegotiation(self, body: bytes) -> bytes:
         if body[:2] == bytes([TTYPE, TTYPE_SEND]) and TTYPE in self.will:
             name = self.term.encode("ascii", "replace")[:64]
-            return bytes([IAC, SB, TTYPE, TTYPE_IS]) + escape_iac(name) + bytes([IAC, SE])
+            return bytes([IAC, SB, TTYPE, TTYPE_IS]) + escape(name) + bytes([IAC, SE])
         return b""
 
     def resize(self, rows: int, columns: int) -> bytes:

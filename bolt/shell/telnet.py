@@ -70,39 +70,38 @@ def line_end(data: bytes) -> int:
     return -1
 
 
-class TelnetCodec:
-    """Splits a telnet byte stream into data and option events; answers requests it does not know.
+class TelnetParser:
+    """The byte-level state machine both ends of a shell session share (the server's
+    :class:`TelnetCodec`, the ``bolt shell`` client): splits a stream into data and commands.
 
-    ``replies`` collects bytes the codec wants sent back (refusals of unknown options); the caller
-    drains it after each :meth:`feed`.
+    :meth:`feed` is incremental (a command may arrive split over several reads) and returns the
+    plain data, with IAC IAC as one 0xFF byte, and the commands in the order they came:
+    ``(command, option)`` pairs for WILL/WONT/DO/DONT and ``bytes`` bodies of subnegotiations (IAC
+    IAC inside one unescaped, at most 256 bytes kept).  Other commands (NOP, GA, AYT...) need no
+    answer from a shell and are dropped.
     """
 
     def __init__(self) -> None:
         self._state = "data"
         self._command = 0
         self._sub = bytearray()
-        self._after_cr = False
-        self.replies = bytearray()
-        self._accepted = {(DO, ECHO), (DO, SGA), (WILL, NAWS), (WILL, TTYPE), (WILL, SGA)}
+        #: True once the peer sent any telnet command: it speaks telnet.
+        self.seen_command = False
 
-    def feed(self, data: bytes) -> tuple[bytes, list[object]]:
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int] | bytes]]:
         out = bytearray()
-        events: list[object] = []
+        commands: list[tuple[int, int] | bytes] = []
         for byte in data:
             state = self._state
             if state == "data":
                 if byte == IAC:
                     self._state = "iac"
-                elif self._after_cr and byte in (0, 10):
-                    # NVT end of line: CR LF or CR NUL from the client is one Return for the PTY.
-                    self._after_cr = False
+                    self.seen_command = True
                 else:
-                    self._after_cr = byte == 13
                     out.append(byte)
             elif state == "iac":
                 if byte == IAC:
-                    out.append(IAC)  # a literal 0xFF: data, so a CR before it no longer pairs with an LF
-                    self._after_cr = False
+                    out.append(IAC)
                     self._state = "data"
                 elif byte in (WILL, WONT, DO, DONT):
                     self._command = byte
@@ -111,10 +110,10 @@ class TelnetCodec:
                     self._sub.clear()
                     self._state = "sb"
                 else:
-                    self._state = "data"  # NOP, GA, AYT...: nothing to do
+                    self._state = "data"
             elif state == "option":
                 self._state = "data"
-                self._option(self._command, byte, events)
+                commands.append((self._command, byte))
             elif state == "sb":
                 if byte == IAC:
                     self._state = "sb-iac"
@@ -123,12 +122,47 @@ class TelnetCodec:
             elif state == "sb-iac":
                 if byte == SE:
                     self._state = "data"
-                    self._subnegotiation(bytes(self._sub), events)
+                    commands.append(bytes(self._sub))
                 else:
                     if len(self._sub) < _MAX_SUBNEGOTIATION:
                         self._sub.append(byte)  # IAC IAC inside SB is a literal 255
                     self._state = "sb"
-        return bytes(out), events
+        return bytes(out), commands
+
+
+class TelnetCodec:
+    """The server's side: data for the PTY and option events; refuses requests it does not know.
+
+    ``replies`` collects bytes the codec wants sent back (refusals of unknown options); the caller
+    drains it after each :meth:`feed`.
+    """
+
+    def __init__(self) -> None:
+        self._parser = TelnetParser()
+        self._after_cr = False
+        self.replies = bytearray()
+        self._accepted = {(DO, ECHO), (DO, SGA), (WILL, NAWS), (WILL, TTYPE), (WILL, SGA)}
+
+    def feed(self, data: bytes) -> tuple[bytes, list[object]]:
+        text, commands = self._parser.feed(data)
+        events: list[object] = []
+        for command in commands:
+            if isinstance(command, tuple):
+                self._option(*command, events)
+            else:
+                self._subnegotiation(command, events)
+        return self._line_ends(text), events
+
+    def _line_ends(self, text: bytes) -> bytes:
+        """NVT end of line: CR LF or CR NUL from the client is one Return (CR) for the PTY."""
+        out = bytearray()
+        for byte in text:
+            if self._after_cr and byte in (0, 10):
+                self._after_cr = False
+            else:
+                self._after_cr = byte == 13
+                out.append(byte)
+        return bytes(out)
 
     def _option(self, command: int, option: int, events: list[object]) -> None:
         if (command, option) in self._accepted:
