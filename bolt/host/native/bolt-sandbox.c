@@ -541,6 +541,23 @@ static void hide_arguments(void)
 }
 
 /* Report a setup failure to the waiting parent and end pid 1 (and with it the namespaces). */
+/* An error message into msg: fmt with its arguments, then ": <strerror(saved)>" unless saved is 0,
+ * cut to fit.  Returns its length.  Shared by the reports of `init` (setup_failed) and `enter`
+ * (enter_failed), which differ only in where the message goes. */
+static int format_error(char *msg, size_t size, int saved, const char *fmt, va_list ap)
+{
+    int n = vsnprintf(msg, size, fmt, ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= size)
+        n = (int)size - 1;
+    if (saved != 0)
+        n += snprintf(msg + n, size - (size_t)n, ": %s", strerror(saved));
+    if ((size_t)n >= size)
+        n = (int)size - 1;
+    return n;
+}
+
 static void setup_failed(const char *fmt, ...)
 {
     char msg[1024];
@@ -548,16 +565,8 @@ static void setup_failed(const char *fmt, ...)
     va_list ap;
     int n;
     va_start(ap, fmt);
-    n = vsnprintf(msg, sizeof msg, fmt, ap);
+    n = format_error(msg, sizeof msg, saved, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof msg)
-        n = sizeof msg - 1;
-    if (saved != 0)
-        n += snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(saved));
-    if ((size_t)n >= sizeof msg)
-        n = sizeof msg - 1;
     if (report_fd >= 0 && write_all(report_fd, msg, (size_t)n) < 0)
         _exit(1);
     _exit(1);
@@ -988,16 +997,8 @@ static void enter_failed(const char *kind, const char *fmt, ...)
     va_list ap;
     int n;
     va_start(ap, fmt);
-    n = vsnprintf(msg, sizeof msg, fmt, ap);
+    n = format_error(msg, sizeof msg, saved, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        n = 0;
-    if ((size_t)n >= sizeof msg)
-        n = sizeof msg - 1;
-    if (saved != 0)
-        n += snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(saved));
-    if ((size_t)n >= sizeof msg)
-        n = sizeof msg - 1;
     if (status_fd >= 0) {
         char line[1100];
         int m = snprintf(line, sizeof line, "error %s %.*s\n", kind, n, msg);
