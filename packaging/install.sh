@@ -56,6 +56,8 @@ LOG_FILE=/var/log/bolt_server.log
 UNIT_DIR=/etc/systemd/system
 LOGROTATE_FILE=/etc/logrotate.d/bolt
 MARKER=/opt/bolt/INSTALLED_BY
+# The command-line client, on PATH.  /usr/local: the Debian package puts it in /usr/bin instead.
+CLI_LINK=/usr/local/bin/bolt
 
 ROOT=""
 APT=1
@@ -203,6 +205,13 @@ EOF
 install_files() {
     install -m 0644 "$SRC/packaging/bolt.service" "$ROOT$UNIT_DIR/$UNIT"
     install -m 0644 "$SRC/packaging/bolt.logrotate" "$ROOT$LOGROTATE_FILE"
+    install -d -m 0755 "$ROOT${CLI_LINK%/*}"
+    if [ -e "$ROOT$CLI_LINK" ] || [ -L "$ROOT$CLI_LINK" ]; then
+        # Someone else's bolt is left alone; ours (a link into the venv) is simply made again.
+        [ "$(readlink -- "$ROOT$CLI_LINK")" = "$VENV/bin/bolt" ] || {
+            say "not linking $CLI_LINK: it exists and is not ours (the client is $VENV/bin/bolt)"; return 0; }
+    fi
+    ln -sfn "$VENV/bin/bolt" "$ROOT$CLI_LINK"
 }
 
 # `systemctl enable` writes the [Install] symlinks itself and needs no running systemd with --root;
@@ -260,6 +269,9 @@ do_uninstall() {
         systemctl --root="${ROOT:-/}" disable --quiet "$UNIT" || true
     fi
     rm -f -- "$ROOT$UNIT_DIR/multi-user.target.wants/$UNIT" "$ROOT$UNIT_DIR/$UNIT" "$ROOT$LOGROTATE_FILE"
+    if [ "$(readlink -- "$ROOT$CLI_LINK" 2>/dev/null)" = "$VENV/bin/bolt" ]; then
+        rm -f -- "$ROOT$CLI_LINK"
+    fi
     rm -rf -- "$ROOT$VENV" "$ROOT$MARKER"
     rmdir -- "$ROOT/opt/bolt" 2>/dev/null || true
     if systemd_running; then

@@ -215,6 +215,9 @@ class InstallScriptTests(SynchronousTestCase):
             self.assertEqual(f.read(), g.read())
         wants = self.path("/etc/systemd/system/multi-user.target.wants/bolt.service")
         self.assertEqual(os.readlink(wants), "/etc/systemd/system/bolt.service")
+        # The client on PATH, a link into the venv that runs.
+        self.assertEqual(os.readlink(self.path("/usr/local/bin/bolt")), VENV + "/bin/bolt")
+        self.assertIn("usage: bolt", run([self.path(VENV + "/bin/bolt"), "--help"]).stdout)
         logrotate = self.path("/etc/logrotate.d/bolt")
         self.assertEqual(mode(logrotate), 0o644)
         with open(logrotate) as f, open(LOGROTATE_FILE) as g:
@@ -257,7 +260,7 @@ class InstallScriptTests(SynchronousTestCase):
         # Uninstall: the service is gone, the configuration and data stay.
         self.install("--uninstall")
         for gone in ("/etc/systemd/system/bolt.service", "/etc/systemd/system/multi-user.target.wants/bolt.service",
-                     "/etc/logrotate.d/bolt", "/opt/bolt"):
+                     "/etc/logrotate.d/bolt", "/opt/bolt", "/usr/local/bin/bolt"):
             self.assertFalse(os.path.lexists(self.path(gone)), gone)
         for kept in ("/etc/bolt/config.json", "/var/bolt/projects", "/var/bolt/sandboxes", "/var/bolt/base_images",
                      "/var/log/bolt_server.log"):
@@ -268,6 +271,16 @@ class InstallScriptTests(SynchronousTestCase):
         for gone in ("/etc/bolt", "/var/bolt", "/var/log/bolt_server.log"):
             self.assertFalse(os.path.lexists(self.path(gone)), gone)
         self.bolt_gid()
+
+    def test_someone_elses_bolt_command_is_left_alone(self) -> None:
+        os.makedirs(self.path("/usr/local/bin"))
+        with open(self.path("/usr/local/bin/bolt"), "w") as f:
+            f.write("#!/bin/sh\necho not ours\n")
+        installed = self.install()
+        self.assertIn("not linking /usr/local/bin/bolt", installed.stdout)
+        self.install("--uninstall")
+        with open(self.path("/usr/local/bin/bolt")) as f:
+            self.assertEqual(f.read(), "#!/bin/sh\necho not ours\n")
 
     def test_refuses_bad_arguments(self) -> None:
         result = run([INSTALL_SH, "--purge"], check=False)
@@ -346,6 +359,7 @@ class DebPackageTests(SynchronousTestCase):
             "./lib/systemd/system/bolt.service": ("-rw-r--r--", "root/root"),
             "./etc/logrotate.d/bolt": ("-rw-r--r--", "root/root"),
             "./opt/bolt/venv/bin/twistd": ("-rwxr-xr-x", "root/root"),
+            "./opt/bolt/venv/bin/bolt": ("-rwxr-xr-x", "root/root"),
             "./usr/share/doc/bolt/copyright": ("-rw-r--r--", "root/root"),
         }
         for name, (perms, owner) in expected.items():
@@ -354,6 +368,10 @@ class DebPackageTests(SynchronousTestCase):
         site = f"./opt/bolt/venv/lib/python{debian_python()}/site-packages"
         self.assertIn(f"{site}/twisted/plugins/bolt_plugin.py", listing)
         self.assertIn(f"{site}/bolt/service.py", listing)
+        # The client on PATH: /usr/bin/bolt, a link to the venv's.
+        perms, _, target = listing["./usr/bin/bolt"]
+        self.assertTrue(perms.startswith("l"), perms)
+        self.assertEqual(os.path.normpath(os.path.join("/usr/bin", target)), "/opt/bolt/venv/bin/bolt")
         python = listing["./opt/bolt/venv/bin/python3"]
         self.assertTrue(python[0].startswith("l"))
         # Nothing built for the build machine only: no byte code, no plugin cache, no config or log.
