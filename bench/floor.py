@@ -44,6 +44,23 @@ STEPS = ("rootfs", "cgroups", "namespaces", "link", "iptables", "state")
 RESTORE = ["iptables-restore", "-w", "--noflush"]
 
 
+def attach_link(pid: int, link: str, address: str, gateway: str) -> None:
+    """What Bolt's network adapter does for a sandbox, scripted: a veth from the host into the netns
+    of ``pid`` (eth0 there), a /32 each side with routes, route_localnet, IPv6 off."""
+    ns = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+    subprocess.run(["ip", "-batch", "-"], check=True, input=(
+        f"link add {link} type veth peer name eth0 netns {pid}\naddr add {gateway}/32 dev {link}\n"
+        f"link set {link} up\nroute add {address}/32 dev {link}\n").encode())
+    for key in (f"net/ipv4/conf/{link}/route_localnet", f"net/ipv6/conf/{link}/disable_ipv6"):
+        with open("/proc/sys/" + key, "w") as f:
+            f.write("1")
+    subprocess.run([*ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.conf.eth0.route_localnet=1"], check=True)
+    subprocess.run([*ns, "ip", "-batch", "-"], check=True, input=(
+        f"link set lo up\naddr add {address}/32 dev eth0\nlink set eth0 up\n"
+        f"route add {gateway}/32 dev eth0 scope link\nroute add default via {gateway} dev eth0\n").encode())
+
+
 def _free_network() -> str:
     routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
     for _ in range(200):
@@ -142,18 +159,7 @@ class FloorHost:
         sb.pid = int(out.split()[1])
         t0 = self._step(self.steps, "namespaces", t0)
         ns = ["nsenter", f"--net=/proc/{sb.pid}/ns/net"]
-        gw = self.gateway
-        subprocess.run(["ip", "-batch", "-"], check=True, input=(
-            f"link add {link} type veth peer name eth0 netns {sb.pid}\naddr add {gw}/32 dev {link}\n"
-            f"link set {link} up\nroute add {address}/32 dev {link}\n").encode())
-        for key in (f"net/ipv4/conf/{link}/route_localnet", f"net/ipv6/conf/{link}/disable_ipv6"):
-            with open("/proc/sys/" + key, "w") as f:
-                f.write("1")
-        subprocess.run([*ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                        "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.conf.eth0.route_localnet=1"], check=True)
-        subprocess.run([*ns, "ip", "-batch", "-"], check=True, input=(
-            f"link set lo up\naddr add {address}/32 dev eth0\nlink set eth0 up\n"
-            f"route add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n").encode())
+        attach_link(sb.pid, link, address, self.gateway)
         t0 = self._step(self.steps, "link", t0)
         sb.net = SandboxNet("p", f"s{index}", address, link)
         subprocess.run(RESTORE, check=True, input=render_update(self.config, self.current, sb.net.key, sb.net).encode())

@@ -24,6 +24,7 @@ import sys
 import time
 
 from bench.common import summary
+from bench.floor import attach_link
 
 FORWARDS = int(os.environ.get("BOLT_BENCH_FORWARDS", "1000"))
 SANDBOXES = int(os.environ.get("BOLT_BENCH_FWD_SANDBOXES", "1000"))
@@ -114,19 +115,8 @@ def _floor(config, sandboxes, spare_port: int, procs: list) -> dict[str, list[fl
         proc = _netns()
         procs.append(proc)
         link, addr = f"{config.link_prefix}f{i:07x}", f"10.{config.network.split('.')[1]}.255.{i + 2}"
-        ns = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"]
         t0 = time.perf_counter()
-        subprocess.run(["ip", "-batch", "-"], check=True, input=(
-            f"link add {link} type veth peer name eth0 netns {proc.pid}\naddr add {gw}/32 dev {link}\n"
-            f"link set {link} up\nroute add {addr}/32 dev {link}\n").encode())
-        for key in (f"net/ipv4/conf/{link}/route_localnet", f"net/ipv6/conf/{link}/disable_ipv6"):
-            with open("/proc/sys/" + key, "w") as f:
-                f.write("1")
-        subprocess.run([*ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                        "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.conf.eth0.route_localnet=1"], check=True)
-        subprocess.run([*ns, "ip", "-batch", "-"], check=True, input=(
-            f"link set lo up\naddr add {addr}/32 dev eth0\nlink set eth0 up\n"
-            f"route add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n").encode())
+        attach_link(proc.pid, link, addr, gw)
         out["attach"].append(time.perf_counter() - t0)
         proc.kill()
         proc.wait()

@@ -1,4 +1,5 @@
-"""Shared builders for unit tests: a core and an API wired with fakes, no network, no threads."""
+"""Shared builders for unit tests: a core and an API wired with fakes, and a factory wrapper for the few
+tests that listen on loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import tempfile
 
 from twisted.internet import defer, task
+from twisted.protocols.policies import WrappingFactory
 
 from bolt import config as configuration
 from bolt.admin import AdminAccount
@@ -65,3 +67,35 @@ class World:
 def _rmtree(path: str) -> None:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
+
+
+class TrackingFactory(WrappingFactory):
+    """Remembers server-side connections, so a test can wait for the first and make sure every one
+    has ended before it does (trial fails a test that leaves a connection behind)."""
+
+    def __init__(self, wrapped) -> None:
+        super().__init__(wrapped)
+        self.connected: defer.Deferred = defer.Deferred()
+        self._idle: list[defer.Deferred] = []
+
+    def registerProtocol(self, p) -> None:
+        super().registerProtocol(p)
+        if not self.connected.called:
+            self.connected.callback(None)
+
+    def unregisterProtocol(self, p) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def all_closed(self) -> defer.Deferred:
+        """Abort what is still open; fires once every connection has ended."""
+        if not self.protocols:
+            return defer.succeed(None)
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        return d

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, protocol, reactor, threads
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
 from bolt import tls
+from tests.helpers import TrackingFactory
 
 
 def load_cert(pem: bytes) -> x509.Certificate:
@@ -194,30 +194,6 @@ class Echo(protocol.Protocol):
         self.transport.write(data)
 
 
-class Tracking(WrappingFactory):
-    """Wait until every server-side connection has ended, so no test leaves one behind."""
-
-    def __init__(self, wrapped) -> None:
-        super().__init__(wrapped)
-        self._idle: list[defer.Deferred] = []
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def all_closed(self) -> defer.Deferred:
-        if not self.protocols:
-            return defer.succeed(None)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
-
-
 def tls_client(port: int, cadata: str, minimum: ssl.TLSVersion, maximum: ssl.TLSVersion) -> str:
     """Connect with the standard library, verify the server for 127.0.0.1, echo one line.
 
@@ -252,7 +228,7 @@ class ContextFactoryTests(unittest.TestCase):
             self.cadata = f.read()
 
     def serve(self, options) -> int:
-        tracking = Tracking(protocol.Factory.forProtocol(Echo))
+        tracking = TrackingFactory(protocol.Factory.forProtocol(Echo))
         port = reactor.listenSSL(0, tracking, options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.addCleanup(tracking.all_closed)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent
 
 from bolt import __version__, updates
 from bolt.errors import UpstreamFailed
+from tests.helpers import TrackingFactory
 
 
 class ParseVersionTests(unittest.TestCase):
@@ -131,36 +131,6 @@ def silent_factory() -> protocol.Factory:
     factory = protocol.Factory.forProtocol(Silent)
     factory.request_received = defer.Deferred()
     return factory
-
-
-class TrackingFactory(WrappingFactory):
-    """Remembers server-side connections so a test can wait until every one has ended."""
-
-    def __init__(self, wrapped) -> None:
-        super().__init__(wrapped)
-        self.connected = defer.Deferred()
-        self._idle: list[defer.Deferred] = []
-
-    def registerProtocol(self, p) -> None:
-        super().registerProtocol(p)
-        if not self.connected.called:
-            self.connected.callback(None)
-
-    def unregisterProtocol(self, p) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def all_closed(self) -> defer.Deferred:
-        if not self.protocols:
-            return defer.succeed(None)
-        for p in list(self.protocols):
-            p.transport.abortConnection()
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
 
 
 class UpdateCheckerTests(unittest.TestCase):
