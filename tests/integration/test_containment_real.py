@@ -23,7 +23,7 @@ nodev mounts, the pid namespace and the firewall.  Decisions the tests pin down:
 * /proc/sysrq-trigger: some kernels (this development VM's among them) are built without magic SysRq
   and have no such file; the test then checks that it is absent inside too.
 
-Speed and hygiene follow tests/integration/test_runtime_api_real.py, whose Fixture and
+Speed and hygiene follow tests/integration/test_runtime_api_real.py, whose SharedFixture and
 ServerTestMixin are reused: one shared real server per run of the class, started by the first test's
 ``setUp`` and torn down (with a check that nothing was left behind) by the last test,
 ``test_zz_...``; an ``atexit`` hook closes a server that a filtered run left open.  System call
@@ -35,7 +35,6 @@ addresses, all in namespaces the server made.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import os
 import platform
@@ -44,7 +43,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -53,7 +51,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.integration.support import ensure_test_image, require_root, require_tools
-from tests.integration.test_runtime_api_real import Fixture, ServerTestMixin, read_text
+from tests.integration.test_runtime_api_real import ServerTestMixin, SharedFixture, read_text
 
 BUSYBOX = "/bin/busybox"
 NOPE = "/nonexistent-bolt-test"
@@ -423,17 +421,7 @@ __attribute__((force_align_arg_pointer)) void _start(void)
 # --- the tests -------------------------------------------------------------------------------------------
 
 
-_shared: list[Fixture] = []
-
-
-def _close_shared_at_exit() -> None:
-    while _shared:
-        problems = _shared.pop().close()
-        if problems:
-            sys.stderr.write("test_containment_real: leftovers at exit:\n" + "\n".join(problems) + "\n")
-
-
-atexit.register(_close_shared_at_exit)
+SHARED = SharedFixture("test_containment_real")
 
 
 class ContainmentTests(ServerTestMixin, unittest.TestCase):
@@ -447,9 +435,7 @@ class ContainmentTests(ServerTestMixin, unittest.TestCase):
             raise unittest.SkipTest("the system call numbers here are x86_64's")
         require_tools(self, "mount", "umount", "perl", "busybox", "cc", "setarch", "unshare", "ip")
         yield ensure_test_image(reactor)
-        if not _shared:
-            _shared.append(Fixture().start())
-        self.fx = _shared[0]
+        self.fx = SHARED.get()
         self.main = "main"
         code, body = self.fx.api("GET", f"/api/projects/{self.main}")
         if code == 404:
@@ -809,6 +795,5 @@ class ContainmentTests(ServerTestMixin, unittest.TestCase):
 
     def test_zz_deleting_everything_leaves_no_process_mount_or_cgroup(self):
         """Runs last (trial orders by name): deletes every project and stops the shared server."""
-        problems = self.fx.close()
-        _shared.remove(self.fx)
+        problems = SHARED.close()
         self.assertEqual(problems, [], "\n".join(problems))

@@ -396,17 +396,39 @@ class ServerTestMixin:
 # --- the tests against one shared server ------------------------------------------------------------------
 
 
-_shared: list[Fixture] = []
+class SharedFixture:
+    """The one :class:`Fixture` a test module's tests share (trial has no setUpClass): started by the
+    first test that asks for it, closed by the module's last test (``test_zz_...``: trial runs tests
+    by name) or, when that never ran, at exit."""
 
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self._fixture: Fixture | None = None
+        atexit.register(self._close_at_exit)
 
-def _close_shared_at_exit() -> None:
-    while _shared:
-        problems = _shared.pop().close()
+    def get(self) -> Fixture:
+        if self._fixture is None:
+            fixture = Fixture()
+            try:
+                fixture.start()
+            except BaseException:
+                fixture.close()
+                raise
+            self._fixture = fixture
+        return self._fixture
+
+    def close(self) -> list[str]:
+        """Close the fixture (see :meth:`Fixture.close`); what went wrong or was left behind."""
+        fixture, self._fixture = self._fixture, None
+        return fixture.close() if fixture is not None else []
+
+    def _close_at_exit(self) -> None:
+        problems = self.close()
         if problems:
-            sys.stderr.write("test_runtime_api_real: leftovers at exit:\n" + "\n".join(problems) + "\n")
+            sys.stderr.write(f"{self.module}: leftovers at exit:\n" + "\n".join(problems) + "\n")
 
 
-atexit.register(_close_shared_at_exit)
+SHARED = SharedFixture("test_runtime_api_real")
 
 
 class ExecEndpointTests(ServerTestMixin, unittest.TestCase):
@@ -418,9 +440,7 @@ class ExecEndpointTests(ServerTestMixin, unittest.TestCase):
         require_root(self)
         require_tools(self, "mount", "umount")
         self.image = os.path.realpath((yield ensure_test_image(reactor)))
-        if not _shared:
-            _shared.append(Fixture().start())
-        self.fx = _shared[0]
+        self.fx = SHARED.get()
         self.main = "main"
         code, body = self.fx.api("GET", f"/api/projects/{self.main}")
         if code == 404:
@@ -920,8 +940,7 @@ class ExecEndpointTests(ServerTestMixin, unittest.TestCase):
         self.ok(box, "setsid sleep 1000 > /dev/null 2>&1 < /dev/null &")
         self.assertTrue(mount_points_under(self.fx.server.root), "test precondition: overlays are mounted")
         self.assertTrue(processes_in_cgroups(self.fx.prefix), "test precondition: sandbox processes run")
-        problems = self.fx.close()
-        _shared.remove(self.fx)
+        problems = SHARED.close()
         self.assertEqual(problems, [], "\n".join(problems))
         self.assertEqual(cgroup_dirs_named(self.fx.prefix), [])
 
