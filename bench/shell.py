@@ -91,7 +91,12 @@ def floor(pid: int) -> dict[str, list[float]]:
             out["prompt"].append(time.perf_counter() - t0)
         finally:
             shell.close()
-    shell = _floor_shell(pid)
+    _interactive(_floor_shell(pid), out)
+    return out
+
+
+def _interactive(shell, out: dict[str, list[float]]) -> None:
+    """Keystroke round trips and bulk output in one session (Bolt's or the floor's), then close it."""
     try:
         read_until(shell, PROMPT)
         drain(shell)
@@ -100,7 +105,6 @@ def floor(pid: int) -> dict[str, list[float]]:
             out["mbps"].append(throughput(shell, MEGABYTES)[0])
     finally:
         shell.close()
-    return out
 
 
 def measure() -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -122,15 +126,8 @@ def measure() -> tuple[dict[str, list[float]], dict[str, list[float]]]:
             finally:
                 shell.close()
         code, body = client.call("POST", path)
-        shell = RawShell(body["port"], body["token"])
-        try:
-            read_until(shell, PROMPT)
-            drain(shell)
-            out["keys"] = keystrokes(shell, KEYS)
-            for _ in range(2):
-                out["mbps"].append(throughput(shell, MEGABYTES)[0])
-        finally:
-            shell.close()
+        assert code == 200, body
+        _interactive(RawShell(body["port"], body["token"]), out)
     return out, base
 
 

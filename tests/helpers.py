@@ -28,6 +28,26 @@ def inline(f, *args, **kwargs) -> defer.Deferred:
     return defer.maybeDeferred(f, *args, **kwargs)
 
 
+class HeldThreads:
+    """A run_in_thread that holds every call until the test runs it, to interleave or order them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, f, *args) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.calls.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+
+    def run_all(self) -> None:
+        while self.calls:
+            self.run_next()
+
+
 def figures() -> defer.Deferred:
     return defer.succeed({"cpu_usage": 1.5, "memory_usage": 20.0, "disk_usage": 30.0})
 

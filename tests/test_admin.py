@@ -12,31 +12,10 @@ from twisted.trial import unittest
 from bolt import config, passwords
 from bolt.admin import AdminAccount
 from bolt.errors import InvalidInput
+from tests.helpers import CHEAP, HeldThreads, inline
 
-CHEAP = {"n": 2 ** 10, "r": 8, "p": 1}
 OLD = "old-password-1"
 NEW = "new-password-2"
-
-
-def sync_thread(f, *args):
-    return defer.maybeDeferred(f, *args)
-
-
-class HeldThreads:
-    """run_in_thread holding each call until the test runs it (to interleave two changes)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def __call__(self, f, *args):
-        d = defer.Deferred()
-        self.calls.append((f, args, d))
-        return d
-
-    def run_all(self) -> None:
-        while self.calls:
-            f, args, d = self.calls.pop(0)
-            defer.maybeDeferred(f, *args).chainDeferred(d)
 
 
 class AdminTestCase(unittest.TestCase):
@@ -45,7 +24,7 @@ class AdminTestCase(unittest.TestCase):
         self.path = os.path.join(root, "etc", "config.json")
         self.data_dir = os.path.join(root, "var")
         conf, _ = config.load(self.path, self.data_dir, initial_password=OLD, cost=CHEAP)
-        self.account = AdminAccount(conf, run_in_thread=sync_thread, cost=CHEAP)
+        self.account = AdminAccount(conf, run_in_thread=inline, cost=CHEAP)
 
     def file_bytes(self) -> bytes:
         with open(self.path, "rb") as f:

@@ -13,27 +13,7 @@ from bolt import atomic
 from bolt.errors import InvalidInput, StateError
 from bolt.model import Project, ResourceLimits
 from bolt.store import ProjectStore
-
-
-def sync_thread(f, *args):
-    """run_in_thread that runs the function at once, on the calling thread."""
-    return defer.maybeDeferred(f, *args)
-
-
-class HeldThreads:
-    """run_in_thread that holds every call until the test runs it, to observe ordering."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def __call__(self, f, *args):
-        d = defer.Deferred()
-        self.calls.append((f, args, d))
-        return d
-
-    def run_next(self) -> None:
-        f, args, d = self.calls.pop(0)
-        defer.maybeDeferred(f, *args).chainDeferred(d)
+from tests.helpers import HeldThreads, inline
 
 
 def project(name: str, cpu: int = 50000, created_at: str = "2024-05-01T12:34:56+00:00") -> Project:
@@ -47,14 +27,14 @@ def mode_of(path: str) -> int:
 class StoreTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.directory = os.path.join(os.path.abspath(self.mktemp()), "projects")
-        self.store = ProjectStore(self.directory, run_in_thread=sync_thread)
+        self.store = ProjectStore(self.directory, run_in_thread=inline)
         self.store.load_all()  # creates the directory
 
     def save(self, p: Project) -> None:
         self.successResultOf(self.store.save(p))
 
     def fresh_load(self) -> dict:
-        return ProjectStore(self.directory, run_in_thread=sync_thread).load_all()
+        return ProjectStore(self.directory, run_in_thread=inline).load_all()
 
     def write(self, entry: str, content: bytes) -> str:
         path = os.path.join(self.directory, entry)
@@ -77,7 +57,7 @@ class RoundTripTests(StoreTestCase):
 
     def test_missing_directory_created(self) -> None:
         directory = os.path.join(os.path.abspath(self.mktemp()), "projects")
-        self.assertEqual(ProjectStore(directory, run_in_thread=sync_thread).load_all(), {})
+        self.assertEqual(ProjectStore(directory, run_in_thread=inline).load_all(), {})
         self.assertTrue(os.path.isdir(directory))
 
     def test_round_trip(self) -> None:
