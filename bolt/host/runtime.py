@@ -59,7 +59,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -317,19 +317,24 @@ def read_stat(pid: int, proc_dir: str = "/proc") -> ProcStat | None:
         return None
 
 
-def descendants(root: int, proc_dir: str = "/proc") -> list[int]:
-    """Every process below ``root`` in the host's process tree, parents before children."""
-    children: dict[int, list[int]] = {}
+def processes(proc_dir: str = "/proc") -> Iterator[ProcStat]:
+    """The stat of every process there is (those that end while being listed are skipped)."""
     try:
         names = os.listdir(proc_dir)
     except OSError:
-        return []
+        return
     for name in names:
-        if not name.isdigit():
-            continue
-        st = read_stat(int(name), proc_dir)
-        if st is not None:
-            children.setdefault(st.ppid, []).append(st.pid)
+        if name.isdigit():
+            st = read_stat(int(name), proc_dir)
+            if st is not None:
+                yield st
+
+
+def descendants(root: int, proc_dir: str = "/proc") -> list[int]:
+    """Every process below ``root`` in the host's process tree, parents before children."""
+    children: dict[int, list[int]] = {}
+    for st in processes(proc_dir):
+        children.setdefault(st.ppid, []).append(st.pid)
     found: list[int] = []
     queue = [root]
     seen = {root}
@@ -554,15 +559,8 @@ def reap_orphans(proc_dir: str = "/proc") -> list[int]:
     if own is None:
         return []
     reaped = []
-    try:
-        names = os.listdir(proc_dir)
-    except OSError:
-        return []
-    for name in names:
-        if not name.isdigit():
-            continue
-        st = read_stat(int(name), proc_dir)
-        if st is None or st.ppid != me or st.state != "Z":
+    for st in processes(proc_dir):
+        if st.ppid != me or st.state != "Z":
             continue
         depth = _pid_depth(st.pid, proc_dir)
         if depth is not None and depth > own and reap(st.pid):
