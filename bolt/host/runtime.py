@@ -19,8 +19,9 @@ sandbox is stopped.  A :class:`SandboxProcess` names pid 1 by host pid *and* sta
 
 Running a command (:meth:`Runtime.exec`) starts ``bolt-sandbox enter`` with its own process
 protocol rather than through the runner, because it needs a capped, streaming capture and a
-timeout; it is started by the same :class:`~bolt.host.process.Spawner` as everything else.  The helper joins the cgroups and namespaces of pid 1, forks, drops the same capabilities,
-installs the same seccomp filter and executes the command in a session of its own.  Descriptors of
+timeout; the same :class:`~bolt.host.process.Spawner` as everything else starts it.  The helper
+joins the cgroups and namespaces of pid 1, forks, drops the same capabilities, installs the same
+seccomp filter and executes the command in a session of its own.  Descriptors of
 the helper::
 
     0  stdin of the command          (written by us, then closed)
@@ -688,8 +689,8 @@ class Runtime:
                       env: Mapping[str, str] | None, start_time: int | None, rows: int, columns: int):
         """A new PTY inside the sandbox running ``command``; see :mod:`bolt.host.terminal`."""
         from bolt.host.terminal import open_terminal
-        return open_terminal(self.reactor, self.spawner, self.binary, pid, command, cgroup_procs=cgroup_procs, env=env,
-                             start_time=start_time, rows=rows, columns=columns)
+        return open_terminal(self.reactor, self.spawner, self.binary, pid, command, cgroup_procs=cgroup_procs,
+                             env=env, start_time=start_time, rows=rows, columns=columns)
 
     # --- commands ---
 

@@ -119,8 +119,8 @@ class UnitFileTests(SynchronousTestCase):
         """twistd in the foreground with the documented options, logging through systemd to the log file."""
         (command,) = self.settings["ExecStart"]
         self.assertEqual(command.split(), [
-            TWISTD, "--nodaemon", "--pidfile=", "--logger=bolt.logs.observer", "bolt", "--host", "0.0.0.0", "--port", "5000",
-            "--config", "/etc/bolt/config.json", "--data-dir", "/var/bolt"])
+            TWISTD, "--nodaemon", "--pidfile=", "--logger=bolt.logs.observer", "bolt", "--host", "0.0.0.0",
+            "--port", "5000", "--config", "/etc/bolt/config.json", "--data-dir", "/var/bolt"])
         self.assertEqual(self.settings["StandardOutput"], ["append:/var/log/bolt_server.log"])
         self.assertEqual(self.settings["StandardError"], ["journal"])
         self.assertEqual(self.settings["Type"], ["exec"])
