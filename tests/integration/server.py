@@ -111,7 +111,8 @@ class RealServer:
     """One bolt server process; ``start``/``kill``/``stop`` it, talk to it with :meth:`api` or :meth:`curl`."""
 
     def __init__(self, root: str | None = None, *, env: dict[str, str] | None = None,
-                 config: dict[str, Any] | None = None, with_password: bool = True) -> None:
+                 config: dict[str, Any] | None = None, with_password: bool = True, twistd: str = TWISTD) -> None:
+        self.twistd = twistd
         self.root = root or tempfile.mkdtemp(prefix="bolt-e2e-")
         self.config_path = os.path.join(self.root, "etc", "config.json")
         self.data_dir = os.path.join(self.root, "data")
@@ -147,7 +148,7 @@ class RealServer:
             json.dump(current, f)
 
     def argv(self, *extra: str) -> list[str]:
-        return [TWISTD, "-n", "--pidfile=", "--logger=bolt.logs.observer", "bolt",
+        return [self.twistd, "-n", "--pidfile=", "--logger=bolt.logs.observer", "bolt",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--config", self.config_path, "--data-dir", self.data_dir, *extra]
 

@@ -1,9 +1,11 @@
 """Packaging: packaging/install.sh into a staging tree, bolt.service, the logrotate file, `make deb`.
 
 Everything here runs the real tools as root: the install script (with --root, so the host's own
-/etc, /opt and /var are never touched), systemd-analyze, logrotate, dpkg-buildpackage through
+/etc, /opt and /var are not touched), systemd-analyze, logrotate, dpkg-buildpackage through
 `make deb` (which installs missing build dependencies with apt on its first run).  The Debian
-package is built once per test run and inspected by several tests.
+package is built once per test run and inspected by several tests; one of them (DebInstallTests)
+installs it on this machine with apt as README.rst says, runs it and purges it again -- refusing to
+run over an existing installation.
 """
 
 from __future__ import annotations
@@ -460,3 +462,77 @@ class DebPackageTests(SynchronousTestCase):
             st = os.stat(path)
             self.assertEqual((oct(stat.S_IMODE(st.st_mode)), st.st_uid, st.st_gid), (oct(0o640), 0, gid), path)
 
+
+
+class DebInstallTests(SynchronousTestCase):
+    """README's `apt install ./build/bolt_<version>_<arch>.deb` on this very machine, then `apt purge bolt`.
+
+    No systemd runs here (so the service is enabled, not started); the packaged twistd is started by
+    hand instead, on loopback with a configuration of its own, and answered through the packaged
+    `bolt` command.  The test refuses to run over an existing installation rather than replace it,
+    and removes the package (and the bolt group, if it made it) whatever happens.
+    """
+
+    PATHS = ("/opt/bolt", "/etc/bolt", "/var/bolt", "/var/log/bolt_server.log", "/usr/bin/bolt",
+             "/lib/systemd/system/bolt.service", "/etc/logrotate.d/bolt")
+
+    def setUp(self) -> None:
+        require_root(self)
+        require_tools(self, "apt", "dpkg-query", "groupdel")
+        installed = run(["dpkg-query", "-W", "-f=${Status}", "bolt"], check=False).stdout
+        if "installed" in installed and "not-installed" not in installed:
+            self.fail("the bolt package is installed on this machine: this test would replace and purge it")
+        for path in self.PATHS:
+            if os.path.lexists(path):
+                self.fail(f"{path} exists: this test installs Bolt system-wide and would replace it")
+        self.deb = built_deb()
+        self.had_group = run(["getent", "group", "bolt"], check=False).returncode == 0
+        self.addCleanup(self._purge)
+
+    def _purge(self) -> None:
+        run(["apt-get", "purge", "-y", "-q", "bolt"], check=False, env=clean_env(DEBIAN_FRONTEND="noninteractive"))
+        if not self.had_group:
+            run(["groupdel", "bolt"], check=False)
+
+    def test_apt_install_run_and_purge(self) -> None:
+        from tests.integration.server import RealServer, free_port
+        from tests.integration.support import cached_image_root
+
+        env = clean_env(DEBIAN_FRONTEND="noninteractive")
+        installed = run(["apt", "install", "-y", "--no-install-recommends", self.deb], env=env, timeout=900)
+        self.assertIn("/etc/bolt/initial-admin-password", installed.stdout)
+        status = run(["dpkg-query", "-W", "-f=${Status} ${Version}", "bolt"]).stdout
+        self.assertEqual(status, f"install ok installed {bolt.__version__}")
+
+        # What the package put in place, as an administrator would look at it.
+        self.assertEqual(mode("/etc/bolt/config.json"), 0o600)
+        self.assertEqual(mode("/etc/bolt/initial-admin-password"), 0o600)
+        gid = int(run(["getent", "group", "bolt"]).stdout.split(":")[2])
+        log = os.lstat("/var/log/bolt_server.log")
+        self.assertEqual((mode("/var/log/bolt_server.log"), log.st_uid, log.st_gid), (0o640, 0, gid))
+        self.assertEqual(os.path.realpath("/usr/bin/bolt"), VENV + "/bin/bolt")
+        self.assertRegex(run([TWISTD, "--help"]).stdout, r"(?m)^\s+bolt\s+Bolt sandbox server")
+        with open("/lib/systemd/system/bolt.service") as f:
+            verify_unit(self, f.read(), TWISTD)
+        self.assertTrue(os.path.islink("/etc/systemd/system/multi-user.target.wants/bolt.service"))
+
+        # The packaged server runs and answers the packaged client.
+        server = RealServer(twistd=TWISTD, config={"base_image_dir": cached_image_root()})
+        try:
+            server.start()
+            home = tempfile.mkdtemp(prefix="bolt-cli-home-")
+            self.addCleanup(shutil.rmtree, home)
+            client_env = clean_env(HOME=home, BOLT_PASSWORD=server.password)
+            run(["/usr/bin/bolt", "remote", "add", "local", server.url, "--user", "admin", "--yes"],
+                env=client_env)
+            status = json.loads(run(["/usr/bin/bolt", "status", "--json"], env=client_env).stdout)
+            self.assertEqual(status["version"], bolt.__version__)
+            self.assertEqual(status["projects"], [])
+        finally:
+            server.cleanup()
+
+        # Purge: everything the package made is gone (the group stays, as Debian does it).
+        run(["apt-get", "purge", "-y", "-q", "bolt"], env=env, timeout=600)
+        for path in self.PATHS + ("/etc/systemd/system/multi-user.target.wants/bolt.service",):
+            self.assertFalse(os.path.lexists(path), path)
+        self.assertEqual(run(["getent", "group", "bolt"], check=False).returncode, 0)
