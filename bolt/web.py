@@ -62,13 +62,15 @@ class KleinRoutes(resource.Resource):
         if not isinstance(result, defer.Deferred):
             return self._body(request, result)
         gone: list[bool] = []
-        if not result.called:
+        result.addBoth(self._answer, request, gone)
+        if not request.finished:
+            # Still waiting -- also when ``result`` has fired but waits on another Deferred (a
+            # password check in a thread): a client that leaves cancels what is under way.
             def left(_: Failure) -> None:
                 gone.append(True)
                 result.cancel()
 
             request.notifyFinish().addErrback(left)
-        result.addBoth(self._answer, request, gone)
         return server.NOT_DONE_YET
 
     def _answer(self, result: Any, request, gone: list[bool]) -> None:

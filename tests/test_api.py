@@ -190,6 +190,39 @@ class APITestCase(unittest.TestCase):
         self.assertIn("update_url", body["reason"])
 
 
+class ClientLeavesTests(unittest.TestCase):
+    """A client that hangs up while its password is being checked (scrypt, in a thread) changes nothing."""
+
+    def test_a_delete_whose_client_left_during_the_password_check_does_not_happen(self) -> None:
+        import base64
+
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from bolt.api import BoltAPI
+        from bolt.updates import UpdateChecker
+        from bolt.web import AccessLoggingSite
+        from tests.helpers import HeldThreads
+
+        world = World(self)
+        held = HeldThreads()
+        api = BoltAPI(world.manager, world.admin, UpdateChecker(None, reactor=world.clock), reactor=world.clock,
+                      run_in_thread=held)
+        self.successResultOf(world.manager.create_project("p"))
+        channel = AccessLoggingSite(api.resource()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(transport)
+        auth = base64.b64encode(f"admin:{PASSWORD}".encode())
+        channel.dataReceived(b"DELETE /api/projects/p HTTP/1.1\r\nHost: bolt.test\r\nAuthorization: Basic "
+                             + auth + b"\r\n\r\n")
+        self.assertEqual(len(held.calls), 1)  # the password check, waiting for its thread
+        channel.connectionLost(Failure(ConnectionError("client went away")))
+        held.run_all()
+        self.assertEqual([p.name for p in world.manager.list_projects()], ["p"])
+        self.assertEqual(transport.value(), b"")
+
+
 class AccessLogTests(unittest.TestCase):
     """One bolt.access event per request: a ready-rendered line, with the fields beside it."""
 

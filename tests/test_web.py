@@ -37,6 +37,16 @@ class App:
         self.pending.append(d)
         return d
 
+    @app.route("/chained", methods=["DELETE"])
+    def chained(self, request):
+        """A Deferred that has fired but waits on another (as a password check in a thread makes)."""
+        def cancelled(_):
+            self.cancelled += 1
+
+        inner = defer.Deferred(cancelled)
+        self.pending.append(inner)
+        return defer.succeed(None).addCallback(lambda _: inner).addCallback(lambda _: b"deleted")
+
     @app.route("/fired", methods=["GET"])
     def fired(self, request):
         return defer.succeed(b"fired")
@@ -121,6 +131,16 @@ class KleinRoutesTests(unittest.TestCase):
         self.assertEqual(self.app.cancelled, 1)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.app.errors, [])
+        self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])
+
+    def test_a_client_that_leaves_cancels_a_route_waiting_on_another_deferred(self) -> None:
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.send(b"DELETE", b"/chained")
+        self.channel.connectionLost(Failure(ConnectionError("client went away")))
+        self.assertEqual(self.app.cancelled, 1)
+        self.assertEqual(self.transport.value(), b"")
         self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])
 
     def test_errors_of_every_kind_reach_on_error(self) -> None:
