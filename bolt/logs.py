@@ -53,8 +53,8 @@ class TextObserver:
         if system is None:
             level = event.get("log_level")
             system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
-        text = text.replace("\n", "\n\t")
-        return f"{self.time(event.get('log_time'))} [{system}] {text}\n"
+        line = f"{self.time(event.get('log_time'))} [{system}] {text}"
+        return line.replace("\n", "\n\t") + "\n"
 
     def time(self, when: float | None) -> str:
         """twisted.logger's RFC 3339 local time of ``when``, formatted once per second."""

@@ -39,6 +39,8 @@ def events() -> list[dict]:
         {"log_format": "bare"},
         eventFromJSON(eventAsJSON({**plain, "log_format": "flattened {status}"})),
         {**plain, "log_format": "caf\u00e9 \U0001f680"},
+        {**plain, "log_system": "two\nlines"},
+        {**plain, "log_namespace": "name\nspace", "log_format": "and\ntext"},
     ]
 
 
