@@ -49,10 +49,12 @@ class SpawnerTests(unittest.TestCase):
     def spawn(self, name: str, executable: str = "/bin/true") -> defer.Deferred:
         return self.spawner.spawn(ProcessProtocol(), executable, [executable, name], env={}, childFDs={})
 
-    def test_a_few_start_at_once_the_rest_in_order_a_few_per_turn(self) -> None:
+    def test_starts_wait_for_the_next_turn_and_go_a_few_per_turn_in_order(self) -> None:
         ds = [self.spawn(f"p{i}") for i in range(7)]
+        self.assertEqual(started(self.reactor), [])  # nothing in the turn that asked
+        self.assertEqual(self.spawner.waiting(), 7)
+        self.reactor.turn()
         self.assertEqual(started(self.reactor), ["p0", "p1"])
-        self.assertEqual(self.spawner.waiting(), 5)
         self.reactor.turn()
         self.assertEqual(started(self.reactor), ["p0", "p1", "p2", "p3"])
         self.reactor.turn()
@@ -60,19 +62,22 @@ class SpawnerTests(unittest.TestCase):
         self.assertEqual(started(self.reactor), [f"p{i}" for i in range(7)])
         transports = [self.successResultOf(d) for d in ds]
         self.assertEqual([t.pid for t in transports], [s["transport"].pid for s in self.reactor.spawned])
-        self.reactor.turn()
         self.assertEqual(self.reactor.getDelayedCalls(), [])  # nothing left scheduled once idle
 
-    def test_a_new_turn_has_a_new_budget(self) -> None:
-        self.spawn("a")
+    def test_a_start_that_spawns_again_still_leaves_one_turn_scheduled(self) -> None:
+        self.spawn("a").addCallback(lambda _: self.spawn("c"))
         self.spawn("b")
+        self.spawn("d")
         self.reactor.turn()
-        self.spawn("c")
-        self.assertEqual(started(self.reactor), ["a", "b", "c"])
+        self.assertEqual(started(self.reactor), ["a", "b"])
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.turn()
+        self.assertEqual(started(self.reactor), ["a", "b", "d", "c"])
 
     def test_a_start_that_fails_fails_its_deferred_only(self) -> None:
         bad = self.spawn("bad", executable="/missing")
         good = self.spawn("good")
+        self.reactor.turn()
         self.failureResultOf(bad, OSError)
         self.successResultOf(good)
         self.assertEqual(started(self.reactor), ["good"])
@@ -81,6 +86,7 @@ class SpawnerTests(unittest.TestCase):
         first, second, third, fourth = (self.spawn(n) for n in ("a", "b", "c", "d"))
         third.cancel()
         self.failureResultOf(third, defer.CancelledError)
+        self.reactor.turn()
         self.reactor.turn()
         self.assertEqual(started(self.reactor), ["a", "b", "d"])
         self.successResultOf(fourth)
@@ -101,7 +107,8 @@ class SharedSpawnerTests(unittest.TestCase):
         self.runner.run(["/bin/true", "one"])
         self.runner.run(["/bin/true", "two"])
         d = self.runtime.exec(42, ["true"], cgroup_procs=[], timeout=5)
-        self.assertEqual(len(self.reactor.spawned), 2)  # the exec waits for the next turn
+        self.reactor.turn()
+        self.assertEqual(len(self.reactor.spawned), 2)  # the exec waits for the turn after
         self.reactor.turn()
         self.assertEqual(self.reactor.spawned[2]["executable"], BIN)
         self.reactor.spawned[2]["transport"].end(0)
@@ -117,7 +124,9 @@ class SharedSpawnerTests(unittest.TestCase):
         self.assertEqual(started(self.reactor), ["one", "two"])
 
     def test_a_command_that_cannot_start_fails(self) -> None:
-        self.failureResultOf(self.runner.run(["/missing"]), OSError)
+        d = self.runner.run(["/missing"])
+        self.reactor.turn()
+        self.failureResultOf(d, OSError)
 
     def test_an_exec_cancelled_before_its_turn_never_runs(self) -> None:
         self.runner.run(["/bin/true", "one"])
@@ -130,7 +139,9 @@ class SharedSpawnerTests(unittest.TestCase):
 
     def test_an_exec_whose_helper_cannot_start_is_an_exec_failure(self) -> None:
         runtime = Runtime(self.runner, self.reactor, binary="/missing", proc_dir=FakeProc(self).dir)
-        failure = self.failureResultOf(runtime.exec(42, ["true"], cgroup_procs=[], timeout=5), ExecFailed)
+        d = runtime.exec(42, ["true"], cgroup_procs=[], timeout=5)
+        self.reactor.turn()
+        failure = self.failureResultOf(d, ExecFailed)
         self.assertIn("could not start /missing", str(failure.value))
 
     def terminal(self, binary: str = BIN) -> tuple[defer.Deferred, list[socket.socket]]:
@@ -149,6 +160,7 @@ class SharedSpawnerTests(unittest.TestCase):
 
     def test_a_terminal_whose_helper_cannot_start_fails_and_closes_its_sockets(self) -> None:
         d, made = self.terminal("/missing")
+        self.reactor.turn()
         self.assertIn("could not start /missing", str(self.failureResultOf(d, TerminalFailed).value))
         self.assertEqual([s.fileno() for s in made], [-1, -1])
 
@@ -164,6 +176,8 @@ class SharedSpawnerTests(unittest.TestCase):
 
     def test_a_started_terminal_helper_keeps_the_only_copy_of_its_end(self) -> None:
         d, made = self.terminal()
+        self.assertGreaterEqual(made[1].fileno(), 0)  # kept open for the helper until it starts
+        self.reactor.turn()
         self.assertEqual(len(self.reactor.spawned), 1)
         self.assertEqual(made[1].fileno(), -1)  # ours of the helper's end is closed once it started
         self.assertGreaterEqual(made[0].fileno(), 0)  # the end we read the terminal from stays open

@@ -145,9 +145,10 @@ class Spawner:
     for it as vfork does): ~2.5 ms on the development VM when idle, 5-30 ms and more when its CPUs
     are busy, because the child must be scheduled first.  Twenty sandbox creates in flight finish a
     step together, or a hundred clients open shells at once, and would start that many processes in
-    one turn -- 100-200 ms without a timer or a request being served.  Here the first
-    :attr:`PER_TURN` processes of a turn start at once; later ones wait, in order, for the next
-    turns, and the reactor serves everything else in between.
+    one turn -- 100-200 ms without a timer or a request being served.  Here every start waits for
+    the next turn of the reactor, where at most :attr:`PER_TURN` of them run, in order; the rest wait
+    for later turns, and the reactor serves everything else in between.  (Starting the first ones at
+    once would let two starts at the end of one turn meet two at the beginning of the next.)
 
     Host commands (:class:`ReactorRunner`), execs and shell helpers (bolt.host.runtime and
     bolt.host.terminal) share one Spawner, so the limit holds for all of them together.
@@ -162,24 +163,20 @@ class Spawner:
             from twisted.internet import reactor
         self.reactor = reactor
         self._queue: deque[tuple[defer.Deferred, protocol.ProcessProtocol, dict]] = deque()
-        self._started = 0  # in this turn
         self._turn = None
 
     def spawn(self, process_protocol: protocol.ProcessProtocol, executable: str, args: Sequence[str], *,
               env: Mapping[str, str], childFDs: dict, path: str | None = None) -> defer.Deferred:
-        """Start a process now or in a later turn.
+        """Start a process in the next turn of the reactor, or a later one.
 
         Fires with its transport once started, or fails with what ``spawnProcess`` raised.
         Cancelling it before the start drops the process from the queue: it never starts.
         """
         d: defer.Deferred = defer.Deferred(self._drop)
-        entry = (d, process_protocol, dict(executable=executable, args=tuple(args), env=dict(env), path=path,
-                                           childFDs=childFDs))
-        if not self._queue and self._started < self.PER_TURN:
-            self._start(entry)
-        else:
-            self._queue.append(entry)
-        self._schedule()
+        self._queue.append((d, process_protocol, dict(executable=executable, args=tuple(args), env=dict(env),
+                                                      path=path, childFDs=childFDs)))
+        if self._turn is None:
+            self._turn = self.reactor.callLater(0, self._next_turn)
         return d
 
     def waiting(self) -> int:
@@ -188,7 +185,6 @@ class Spawner:
 
     def _start(self, entry: tuple[defer.Deferred, protocol.ProcessProtocol, dict]) -> None:
         d, process_protocol, kwargs = entry
-        self._started += 1
         self.log.debug("running {argv}", argv=list(kwargs["args"]))
         try:
             transport = self.reactor.spawnProcess(process_protocol, **kwargs)
@@ -203,16 +199,14 @@ class Spawner:
                 self._queue.remove(entry)
                 return
 
-    def _schedule(self) -> None:
-        if self._turn is None and (self._started or self._queue):
-            self._turn = self.reactor.callLater(0, self._next_turn)
-
     def _next_turn(self) -> None:
         self._turn = None
-        self._started = 0
-        while self._queue and self._started < self.PER_TURN:
+        for _ in range(self.PER_TURN):
+            if not self._queue:
+                return
             self._start(self._queue.popleft())
-        self._schedule()
+        if self._queue and self._turn is None:  # (a start's callbacks may have spawned, and scheduled)
+            self._turn = self.reactor.callLater(0, self._next_turn)
 
 
 class ReactorRunner:
