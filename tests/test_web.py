@@ -122,26 +122,23 @@ class KleinRoutesTests(unittest.TestCase):
         status, _, body = self.written()
         self.assertEqual((status[:12], body), (b"HTTP/1.1 599", b"error ValueError"))
 
-    def test_a_client_that_leaves_cancels_the_pending_route_and_gets_nothing(self) -> None:
+    def leave_during(self, method: bytes, path: bytes) -> None:
+        """Send a request whose route is still waiting, hang up, and check it was cancelled quietly."""
         logged: list[dict] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        self.send(b"GET", b"/later")
+        self.send(method, path)
         self.channel.connectionLost(Failure(ConnectionError("client went away")))
         self.assertEqual(self.app.cancelled, 1)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.app.errors, [])
         self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])
 
+    def test_a_client_that_leaves_cancels_the_pending_route_and_gets_nothing(self) -> None:
+        self.leave_during(b"GET", b"/later")
+
     def test_a_client_that_leaves_cancels_a_route_waiting_on_another_deferred(self) -> None:
-        logged: list[dict] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        self.send(b"DELETE", b"/chained")
-        self.channel.connectionLost(Failure(ConnectionError("client went away")))
-        self.assertEqual(self.app.cancelled, 1)
-        self.assertEqual(self.transport.value(), b"")
-        self.assertEqual([e for e in logged if e.get("log_failure") is not None], [])
+        self.leave_during(b"DELETE", b"/chained")
 
     def test_errors_of_every_kind_reach_on_error(self) -> None:
         for method, path, kind in [(b"GET", b"/boom", KeyError), (b"GET", b"/none", TypeError),
