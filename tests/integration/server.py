@@ -6,6 +6,7 @@ Clients are real too: curl (the README's client) and the standard library's HTTP
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import secrets
@@ -34,42 +35,52 @@ def free_port() -> int:
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def _cgroup_dirs(parent: str) -> list[str]:
-    """Every directory of the cgroup tree ``parent`` in every hierarchy, deepest first."""
-    found = []
+def cgroup_tops(parent: str) -> list[str]:
+    """``<hierarchy>/<parent>`` in every cgroup hierarchy that has it (v2: one; v1: one per controller)."""
     tops = [os.path.join(CGROUP_ROOT, parent)]
     if os.path.isdir(CGROUP_ROOT):
-        tops += [os.path.join(CGROUP_ROOT, h, parent) for h in os.listdir(CGROUP_ROOT)]
-    for top in tops:
-        if os.path.isdir(top) and not os.path.islink(top):
-            for dirpath, _, _ in os.walk(top):
-                found.append(dirpath)
-    return sorted(set(found), key=lambda p: -p.count("/"))
+        tops += [os.path.join(CGROUP_ROOT, h, parent) for h in sorted(os.listdir(CGROUP_ROOT))]
+    return [top for top in dict.fromkeys(tops) if os.path.isdir(top) and not os.path.islink(top)]
 
 
-def remove_cgroup_tree(parent: str) -> None:
-    """SIGKILL every process in the cgroup tree ``parent`` and remove its directories."""
-    for _ in range(100):
-        pids = set()
-        for directory in _cgroup_dirs(parent):
+def remove_cgroup_dir(top: str) -> list[str]:
+    """SIGKILL every process in the cgroup directory tree ``top`` and remove it, leaves first, waiting
+    while the kernel still holds a cgroup whose last process is dying; what could not be removed."""
+    left = []
+    for directory, _, _ in os.walk(top, topdown=False):
+        for _ in range(100):
             try:
                 with open(os.path.join(directory, "cgroup.procs")) as f:
-                    pids.update(int(line) for line in f if line.strip())
+                    pids = [int(line) for line in f if line.strip()]
             except OSError:
-                pass
-        if not pids:
-            break
-        for pid in pids:
+                break
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        for _ in range(100):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    for directory in _cgroup_dirs(parent):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    left.append(directory)
+                    break
+                time.sleep(0.02)
+        else:
+            left.append(directory)
+    return left
+
+
+def remove_cgroup_tree(parent: str) -> list[str]:
+    """:func:`remove_cgroup_dir` of ``parent`` in every hierarchy; what could not be removed."""
+    return [path for top in cgroup_tops(parent) for path in remove_cgroup_dir(top)]
 
 
 def remove_links(prefix: str) -> None:

@@ -21,21 +21,11 @@ from unittest import SkipTest
 from twisted.trial import unittest
 
 from bolt.host.cgroups import CPU_PERIOD_US, CgroupError, CgroupLayout, Cgroups, Limits, detect
+from tests.integration.server import remove_cgroup_dir
+from tests.integration.support import require_root
 
 PR_SET_CHILD_SUBREAPER = 36
 MiB = 1 << 20
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def require_root(testcase: unittest.TestCase) -> None:
-    if os.geteuid() != 0:
-        reason = "cgroup integration tests need root"
-        if in_ci():
-            testcase.fail(f"{reason} (CI=true: integration tests must not be skipped)")
-        raise SkipTest(reason)
 
 
 def host_layout() -> CgroupLayout:
@@ -62,26 +52,8 @@ def scrub(layout: CgroupLayout, prefix: str) -> list[str]:
     left = []
     for root in roots_of(layout):
         top = os.path.join(root, prefix)
-        if not os.path.isdir(top):
-            continue
-        for dirpath, _, _ in os.walk(top, topdown=False):
-            for _ in range(200):
-                try:
-                    pids = [int(p) for p in read(dirpath, "cgroup.procs").split()]
-                except OSError:
-                    break
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.01)
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                left.append(dirpath)
+        if os.path.isdir(top):
+            left += remove_cgroup_dir(top)
     return left
 
 

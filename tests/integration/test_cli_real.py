@@ -30,33 +30,10 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from bolt import tls
-from tests.integration.server import RealServer
+from tests.integration.server import RealServer, remove_cgroup_tree
 from tests.integration.support import cached_image_root, ensure_test_image, require_root, require_tools
 
 BOLT = os.path.join(os.path.dirname(sys.executable), "bolt")
-CGROUP_FS = "/sys/fs/cgroup"
-
-
-def cgroup_dirs(prefix: str) -> list[str]:
-    """<hierarchy>/<prefix> in every cgroup hierarchy (v1: one per controller; v2: one)."""
-    found = []
-    candidates = [os.path.join(CGROUP_FS, prefix)]
-    if os.path.isdir(CGROUP_FS):
-        candidates += [os.path.join(CGROUP_FS, h, prefix) for h in os.listdir(CGROUP_FS)]
-    for path in candidates:
-        if os.path.isdir(path) and path not in found:
-            found.append(path)
-    return found
-
-
-def remove_cgroup_tree(path: str) -> None:
-    for directory, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count("/")):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
-
-
 def free_allowed_port() -> int:
     """A port in the server's default allowed_ports range (10000-19999) that nothing listens on."""
     for _ in range(200):
@@ -158,8 +135,7 @@ class CLITestCase(unittest.TestCase):
             for point in reversed(points):
                 if point.startswith(self.server.root + "/"):
                     subprocess.run(["umount", "--lazy", point], check=False)
-            for path in cgroup_dirs(self.prefix):
-                remove_cgroup_tree(path)
+            remove_cgroup_tree(self.prefix)
             self.server.cleanup()
 
     # -- running the client ----------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import errno
 import os
 import secrets
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from tests.integration.server import RealServer
+from tests.integration.server import RealServer, remove_cgroup_dir
 from tests.integration.support import cached_image_root, ensure_test_image, require_root, require_tools
 
 CGROUP_FS = "/sys/fs/cgroup"
@@ -180,35 +179,6 @@ def cgroup_dirs_named(prefix: str) -> list[str]:
     return found
 
 
-def remove_cgroup_tree(path: str) -> None:
-    """Kill what is left in a cgroup tree and rmdir it, leaves first."""
-    for directory, subdirs, _ in os.walk(path, topdown=False):
-        procs = os.path.join(directory, "cgroup.procs")
-        for _ in range(100):
-            try:
-                pids = [int(p) for p in read_text(procs).split()]
-            except OSError:
-                pids = []
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        for _ in range(100):
-            try:
-                os.rmdir(directory)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-                time.sleep(0.02)
-
-
 def set_subreaper(on: bool) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) != 0:
@@ -323,7 +293,7 @@ class Fixture:
         for point in sorted(mount_points_under(self.server.root), key=len, reverse=True):
             subprocess.run(["umount", "--lazy", point], check=False)
         for path in cgroup_dirs_named(self.prefix):
-            remove_cgroup_tree(path)
+            remove_cgroup_dir(path)
         for pid, start in self.pid1s.items():
             if start is not None and running(pid, start):
                 try:
