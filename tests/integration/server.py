@@ -9,6 +9,7 @@ import base64
 import errno
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,6 +31,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_allowed_port(rng: random.Random | None = None, taken: set[int] = frozenset()) -> int:
+    """A port of the default ``allowed_ports`` (10000-19999) that nothing listens on and that is not in
+    ``taken``; drawn from ``rng`` when given (a seeded test replays the same ports)."""
+    for _ in range(500):
+        port = rng.randint(10000, 19999) if rng is not None else 10000 + secrets.randbelow(10000)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port in 10000-19999")
 
 
 CGROUP_ROOT = "/sys/fs/cgroup"

@@ -17,7 +17,6 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -30,21 +29,10 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from bolt import tls
-from tests.integration.server import RealServer, remove_cgroup_tree
+from tests.integration.server import RealServer, free_allowed_port, remove_cgroup_tree
 from tests.integration.support import cached_image_root, ensure_test_image, require_root, require_tools
 
 BOLT = os.path.join(os.path.dirname(sys.executable), "bolt")
-def free_allowed_port() -> int:
-    """A port in the server's default allowed_ports range (10000-19999) that nothing listens on."""
-    for _ in range(200):
-        port = 10000 + secrets.randbelow(10000)
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 10000-19999")
 
 
 class Terminal:

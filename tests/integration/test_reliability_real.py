@@ -48,7 +48,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.integration import hoststate
-from tests.integration.server import RealServer, free_port
+from tests.integration.server import RealServer, free_allowed_port, free_port
 from tests.integration.support import cached_image_root, ensure_test_image, require_root, require_tools
 
 BUSYBOX = "/bin/busybox"
@@ -194,18 +194,8 @@ def ports_in_rules() -> set[int]:
 
 
 def free_forward_port(rng: random.Random, taken: set[int]) -> int:
-    used = ports_in_rules() | taken
-    for _ in range(500):
-        port = rng.randint(10000, 19999)
-        if port in used:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port in allowed_ports")
+    """A free port of allowed_ports that no rule of any instance forwards either."""
+    return free_allowed_port(rng, ports_in_rules() | taken)
 
 
 # --- the server --------------------------------------------------------------------------------------
