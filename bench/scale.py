@@ -282,5 +282,5 @@ def run() -> list[tuple[str, dict, dict | None]]:
         (f"server RSS growth, {SANDBOXES} sandboxes", figure(sb["server_growth"], "MiB"), None),
         (f"memory per idle shell ({ses['prompted']}/{SESSIONS})", figure(ses["per_session"], "MiB"),
          figure(fsess["per_session"], "MiB")),
-        (f"server RSS per shell session", figure(ses["server_per_session"], "KiB"), None),
+        ("server RSS per shell session", figure(ses["server_per_session"], "KiB"), None),
     ]

@@ -23,7 +23,6 @@ import termios
 from typing import Callable, Mapping, Sequence
 
 from twisted.internet import abstract, defer, error, protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bolt.host.process import Spawner

@@ -209,7 +209,7 @@ class ShellProtocol(protocol.Protocol):
         self._cancel_timer()
         if self._negotiation is not None and self._negotiation.active():
             self._negotiation.cancel()
-        previous, self.state = self.state, "closed"
+        self.state = "closed"
         if self.terminal is not None:
             terminal, self.terminal = self.terminal, None
             terminal.on_close = lambda: None

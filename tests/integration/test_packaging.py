@@ -495,7 +495,7 @@ class DebInstallTests(SynchronousTestCase):
             run(["groupdel", "bolt"], check=False)
 
     def test_apt_install_run_and_purge(self) -> None:
-        from tests.integration.server import RealServer, free_port
+        from tests.integration.server import RealServer
         from tests.integration.support import cached_image_root
 
         env = clean_env(DEBIAN_FRONTEND="noninteractive")
