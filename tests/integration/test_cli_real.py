@@ -326,12 +326,16 @@ class ShellTests(CLITestCase):
         self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
         return process
 
-    def test_shell_on_a_terminal(self):
+    def shell_on_terminal(self, rows: int, columns: int) -> tuple[Terminal, list, subprocess.Popen]:
+        """A sandbox and `bolt shell` on a fresh terminal; the terminal's settings from before."""
         self.make_sandbox()
-        terminal = Terminal(33, 111)
+        terminal = Terminal(rows, columns)
         self.addCleanup(terminal.close)
         before = termios.tcgetattr(terminal.slave)
-        process = self.start_shell(terminal)
+        return terminal, before, self.start_shell(terminal)
+
+    def test_shell_on_a_terminal(self):
+        terminal, before, process = self.shell_on_terminal(33, 111)
         terminal.expect(rb"root@box:[^\r\n]*# ")
         self.assertNotEqual(termios.tcgetattr(terminal.slave), before, "the terminal was not put in raw mode")
         terminal.type(b"stty size\r")
@@ -355,11 +359,7 @@ class ShellTests(CLITestCase):
         self.assertEqual(termios.tcgetattr(terminal.slave), before, "the terminal was not restored")
 
     def test_escape_character_closes_the_session(self):
-        self.make_sandbox()
-        terminal = Terminal(24, 80)
-        self.addCleanup(terminal.close)
-        before = termios.tcgetattr(terminal.slave)
-        process = self.start_shell(terminal)
+        terminal, before, process = self.shell_on_terminal(24, 80)
         terminal.expect(rb"# ")
         terminal.type(b"\x1d")
         self.assertEqual(process.wait(30), 0)
@@ -367,11 +367,7 @@ class ShellTests(CLITestCase):
         self.assertEqual(termios.tcgetattr(terminal.slave), before)
 
     def test_terminal_restored_when_killed(self):
-        self.make_sandbox()
-        terminal = Terminal(24, 80)
-        self.addCleanup(terminal.close)
-        before = termios.tcgetattr(terminal.slave)
-        process = self.start_shell(terminal)
+        terminal, before, process = self.shell_on_terminal(24, 80)
         terminal.expect(rb"# ")
         process.send_signal(signal.SIGTERM)
         self.assertEqual(process.wait(30), 128 + signal.SIGTERM)
